@@ -1,0 +1,74 @@
+"""Turn rollouts into padded tensors and score them with a model.
+
+Layout: prompts are left-padded and completions right-padded, so every completion starts at the same
+column ``prompt_width`` and the model only has to produce logits for the last ``T + 1`` positions::
+
+    [pad pad p p p | c c c eos pad]
+    [pad p p p p   | c c c c   c  ]
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from reasoner.algo import entropy_from_logits, token_logprobs
+from reasoner.rollout.base import Rollout
+
+
+@dataclass
+class RolloutBatch:
+    input_ids: torch.Tensor  # [N, P + T]
+    attention_mask: torch.Tensor  # [N, P + T]
+    completion_mask: torch.Tensor  # [N, T] float, 1 on generated tokens
+    prompt_width: int  # P
+
+    @property
+    def completion_ids(self) -> torch.Tensor:  # [N, T]
+        return self.input_ids[:, self.prompt_width :]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, idx: torch.Tensor | slice) -> RolloutBatch:
+        return RolloutBatch(self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx], self.prompt_width)
+
+
+def make_batch(rollouts: list[Rollout], pad_id: int, device: torch.device | str = "cpu") -> RolloutBatch:
+    width_p = max(len(r.prompt_ids) for r in rollouts)
+    width_c = max(1, max(len(r.completion_ids) for r in rollouts))
+    ids = torch.full((len(rollouts), width_p + width_c), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rollouts):
+        p, c = len(r.prompt_ids), len(r.completion_ids)
+        ids[i, width_p - p : width_p] = torch.tensor(r.prompt_ids)
+        ids[i, width_p : width_p + c] = torch.tensor(r.completion_ids, dtype=torch.long)
+        attn[i, width_p - p : width_p + c] = 1
+    return RolloutBatch(ids.to(device), attn.to(device), attn[:, width_p:].float().to(device), width_p)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (weights stay fp32 for the optimizer); nothing on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def sequence_logprobs(
+    model: torch.nn.Module, batch: RolloutBatch, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs [N, T] of the completion under ``model`` at the sampling temperature (and entropy)."""
+    width_c = batch.completion_mask.shape[1]
+    # Position ids count real tokens only, exactly as generate() numbered them under left padding.
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    with autocast(batch.input_ids.device):
+        logits = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=positions,
+            logits_to_keep=width_c + 1,
+            use_cache=False,
+        ).logits[:, :-1]  # [N, T, V]: the logit at column P + t - 1 predicts completion token t
+    logp = token_logprobs(logits, batch.completion_ids, temperature)
+    entropy = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+    return logp, entropy

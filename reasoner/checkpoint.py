@@ -1,0 +1,74 @@
+"""Atomic checkpoints: model (save_pretrained), optimizer, scheduler, RNG and trainer state.
+
+A checkpoint is written to ``step-N.tmp`` and renamed into place, then ``latest`` is replaced atomically,
+so a run killed at any moment (SIGKILL included) leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KEEP = 2
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], extra_models: dict | None = None) -> Path:
+    """``state`` holds picklable objects (optimizer/scheduler state dicts, counters); RNG state is added here."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f"step-{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp / "policy")
+    tokenizer.save_pretrained(tmp / "policy")
+    for name, extra in (extra_models or {}).items():
+        torch.save(extra.state_dict(), tmp / f"{name}.pt")
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"step": step, "rng": rng, **state}, tmp / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_atomic(root / "latest", final.name)
+    for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+def load_extra(ckpt: Path, name: str, module) -> None:
+    module.load_state_dict(torch.load(ckpt / f"{name}.pt", weights_only=False))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    with open(tmp) as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    _write_atomic(Path(path), json.dumps(data, indent=2))

@@ -1,0 +1,86 @@
+"""`reasoner train | sft | eval | tiny-model`: the command line.
+
+Training commands take ``--config FILE.yaml`` and any number of ``key.sub=value`` overrides, e.g.
+``reasoner train --config configs/math.yaml algo.beta=0.0 train.steps=50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from reasoner.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="reasoner", description=__doc__.split("\n")[0].strip("`: "))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="RL training (GRPO or PPO) on a task; ends with one JSON line of results")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p = sub.add_parser("sft", help="supervised fine-tuning on a task's reference solutions")
+    _config_args(p)
+    p = sub.add_parser("eval", help="benchmark a model or a completions file: accuracy / pass@k")
+    from reasoner.evaluate import add_eval_arguments
+
+    add_eval_arguments(p)
+    p = sub.add_parser("tiny-model", help="build the offline character-level policy (Llama-shaped, ~1M parameters)")
+    p.add_argument("--out", required=True, help="directory to write the model and tokenizer to")
+    p.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"reasoner {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. algo.beta=0.0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def _train(args) -> int:
+    from reasoner.trainer import train
+
+    cfg = load_config(args.config, args.overrides + (["train.resume=true"] if args.resume else []))
+    try:
+        result = train(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result))
+    return 0
+
+
+def _sft(args) -> int:
+    from reasoner.sft import run_sft
+
+    cfg = load_config(args.config, args.overrides)
+    out = run_sft(cfg, cfg.model.path, cfg.sft.output_dir, progress=not args.no_progress)
+    print(json.dumps({"model": str(out)}))
+    return 0
+
+
+def _eval(args) -> int:
+    from reasoner.evaluate import run_eval
+
+    return run_eval(args)
+
+
+def _tiny_model(args) -> int:
+    from reasoner.models import build_tiny_model, count_parameters, load_policy
+
+    out = build_tiny_model(args.out, seed=args.seed)
+    n = count_parameters(load_policy(str(out), "float32"))
+    print(json.dumps({"model": str(out), "parameters": n}))
+    return 0
+
+
+COMMANDS = {"train": _train, "sft": _sft, "eval": _eval, "tiny-model": _tiny_model}
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""One dataclass tree for every run, loaded from YAML and overridden with ``key.sub=value``.
+
+Defaults live here and nowhere else. Loading validates once: an unknown key or a value of the wrong type
+fails with a ``ConfigError`` that names the key and says what is valid.
+
+>>> cfg = load_config(None, ["algo.beta=0.0", "rollout.n=4"])
+>>> cfg.algo.beta, cfg.rollout.n
+(0.0, 4)
+>>> load_config(None, ["algo.betta=0.1"])
+Traceback (most recent call last):
+...
+reasoner.config.ConfigError: unknown key 'algo.betta'; valid keys under 'algo': beta, clip_high, clip_low, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says which key and what would be valid."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "runs/tiny-model"  # hub id or local directory; built by `reasoner tiny-model` if missing
+    tokenizer: str | None = None  # defaults to `path`
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"  # see reasoner.tasks.TASKS
+    train: str | None = None  # hub id or local file; None = the task's default (procedural tasks make their own)
+    test: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    train_size: int | None = None  # None = all (procedural tasks: 20,000)
+    eval_size: int = 500
+    system_prompt: str | None = None
+    chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
+    format_reward: float = 0.0  # weight of the <think>...</think> format reward; 0 = off
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    n: int = 8  # G: completions per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 24
+    batch_size: int = 256  # sequences per generate() call (hf engine)
+    # vLLM (GPU) settings
+    gpu_memory_utilization: float = 0.35
+    tensor_parallel_size: int = 1
+    sleep_mode: bool = True  # free the engine's memory during the update
+    use_engine_logprobs: bool = False  # False: recompute old log-probs with the trainer (exact)
+    tis_cap: float = 2.0  # truncated importance sampling cap when use_engine_logprobs is on
+
+
+@dataclass
+class AlgoConfig:
+    name: Literal["grpo", "ppo"] = "grpo"
+    beta: float = 0.04  # KL coefficient; 0 skips the reference model
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    inner_epochs: int = 1  # optimisation passes over each batch of rollouts (mu in the GRPO paper)
+    loss_agg: str = "seq-mean-token-mean"  # see reasoner.algo.losses.LOSS_AGGREGATIONS
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by this std
+    drop_zero_variance: bool = False  # skip groups whose rewards are all equal
+    mask_truncated: bool = False  # exclude completions that hit max_new_tokens from the loss
+    # PPO only
+    gamma: float = 1.0
+    lam: float = 0.95
+    kl_in_reward: bool = True  # PPO: KL penalty per token in the reward (classic RLHF) instead of the loss
+    whiten_advantages: bool = True
+    vf_coef: float = 0.5
+    value_clip: float = 0.2
+    critic_lr: float = 1e-4
+    critic_warmup_steps: int = 0
+    critic_model: str | None = None  # None = initialise the critic from the policy
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] = "constant"
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    prompts_per_step: int = 8
+    micro_batch_size: int = 64  # sequences per forward/backward
+    seed: int = 0
+    eval_every: int = 25
+    eval_temperature: float = 0.0  # 0 = greedy
+    save_every: int = 25
+    output_dir: str = "runs/train"
+    resume: bool = False
+    tensorboard: bool = True
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    schedule: Literal["constant", "cosine"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    output_dir: str = "runs/sft"
+    eval_every: int = 0  # 0 = only at the end
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides, in that order."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        _apply(cfg, data, prefix="", source=str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. algo.beta=0.02)")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _apply(cfg, nested, prefix="", source="command line")
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            where = f"under {prefix[:-1]!r}" if prefix else "at the top level"
+            raise ConfigError(f"unknown key {full!r}; valid keys {where}: {', '.join(sorted(names))} ({source})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full!r} is a section; give its keys ({', '.join(f.name for f in dataclasses.fields(current))})")
+            _apply(current, value, prefix=f"{full}.", source=source)
+        else:
+            setattr(obj, key, _check(full, value, hints[key], source))
+
+
+def _check(key: str, value: Any, hint: Any, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check(key, value, option, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise errors[0]
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key!r} must be one of {', '.join(map(repr, choices))}; got {value!r} ({source})")
+        return value
+    if origin is list:
+        (inner,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key!r} must be a list; got {value!r} ({source})")
+        return [_check(f"{key}[{i}]", v, inner, source) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. task.train=123 on the command line
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key!r} must be {hint.__name__}; got {value!r} ({type(value).__name__}) ({source})")
+    return value

@@ -1,0 +1,122 @@
+"""Loading the policy, reference and tokenizer; building the tiny offline model.
+
+The tiny model is Llama-shaped on purpose: with transformers 5, ``AutoTokenizer`` on a directory whose config
+says ``qwen2`` builds a ``Qwen2Tokenizer`` and silently drops the character-level vocabulary's spaces. We also
+pin ``tokenizer_class`` in ``tokenizer_config.json`` and test the round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+SPECIAL = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
+CHARS = sorted(set(string.printable) - set("\x0b\x0c\r"))  # printable ASCII, space, tab and newline
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+TINY_SHAPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4}
+
+
+def build_char_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast``: one token per character, with pad/bos/eos/unk.
+
+    >>> tok = build_char_tokenizer()
+    >>> ids = tok("12 + 7 = 19\\n#### 19")["input_ids"]
+    >>> tok.decode(ids)
+    '12 + 7 = 19\\n#### 19'
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL.values())}
+    for ch in CHARS:
+        vocab[ch] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL["unk"]))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token=SPECIAL["pad"],
+        bos_token=SPECIAL["bos"],
+        eos_token=SPECIAL["eos"],
+        unk_token=SPECIAL["unk"],
+        clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0, **shape) -> Path:
+    """Save a randomly initialised Llama-shaped character-level causal LM and its tokenizer to ``out_dir``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_char_tokenizer()
+    dims = {**TINY_SHAPE, **shape}
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        num_key_value_heads=dims["num_attention_heads"],
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **dims,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    # Pin the class so AutoTokenizer never substitutes a subword tokenizer for ours.
+    cfg_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+    model.generation_config.save_pretrained(out)
+    return out
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:  # many instruct models ship without one
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(path: str, dtype: str = "auto", device: torch.device | None = None, attn_implementation: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    if not Path(path).exists() and "/" not in path:
+        raise FileNotFoundError(
+            f"model {path!r} not found: give a local directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct "
+            "(build the offline default with `reasoner tiny-model --out runs/tiny-model`)"
+        )
+    kwargs = {"dtype": resolve_dtype(dtype, device)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return model.to(device)

@@ -1,0 +1,31 @@
+"""Reward functions: one contract for training, evaluation and benchmarks.
+
+A reward function takes the completions and, aligned with them, the example each completion answers, and
+returns a ``RewardOutput``: one score per completion (``None`` = could not score, e.g. the sandbox failed;
+the trainer masks such samples out rather than treating them as 0) plus metrics to log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from reasoner.registry import Registry
+from reasoner.tasks.base import Example
+
+
+@dataclass
+class RewardOutput:
+    scores: list[float | None]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+RewardFn = Callable[[Sequence[str], Sequence[Example]], RewardOutput]
+REWARDS: Registry[RewardFn] = Registry("reward function")
+
+
+def get_reward(name: str) -> RewardFn:
+    # Import the modules that register rewards lazily, so importing reasoner stays cheap.
+    if name not in REWARDS:
+        from reasoner.rewards import code, math  # noqa: F401
+    return REWARDS.get(name)

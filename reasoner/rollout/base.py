@@ -1,0 +1,58 @@
+"""The engine interface every rollout backend implements.
+
+``generate`` returns completions prompt-major: the ``n`` completions of prompt 0, then of prompt 1, ...
+so that ``rollouts[i * n:(i + 1) * n]`` is the group of prompt ``i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from reasoner.config import RolloutConfig
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int | None = None
+
+
+@dataclass
+class Rollout:
+    prompt_index: int
+    prompt_ids: list[int]
+    completion_ids: list[int]  # includes the EOS token when finish_reason == "stop"
+    text: str  # the decoded completion, special tokens removed
+    finish_reason: Literal["stop", "length"]
+    logprobs: list[float] | None = None  # the engine's own per-token log-probs, when it reports them
+
+
+class Engine(Protocol):
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Rollout]: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the next ``generate`` use ``model``'s current weights."""
+
+    def sleep(self) -> None:
+        """Free generation memory (KV cache, engine weights) while the trainer updates."""
+
+    def wake_up(self) -> None: ...
+
+
+def make_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer, model_path: str) -> Engine:
+    if cfg.engine == "hf":
+        from reasoner.rollout.hf import HFEngine
+
+        return HFEngine(model, tokenizer, batch_size=cfg.batch_size)
+    if cfg.engine == "vllm":
+        from reasoner.rollout.vllm import VLLMEngine
+
+        return VLLMEngine.from_config(cfg, model_path=model_path, tokenizer=tokenizer)
+    raise ValueError(f"unknown rollout.engine {cfg.engine!r}; valid: hf, vllm")

@@ -1,0 +1,336 @@
+"""The RL loop shared by GRPO and PPO: rollout -> score -> advantages -> clipped update -> push weights -> log.
+
+Defaults follow the GRPO paper (Shao et al. 2024): group-normalised outcome rewards, the clipped surrogate
+with eps = 0.2, and the k3 KL estimator in the loss with beta = 0.04. Departures are named settings:
+- ``algo.loss_agg``: the paper averages per sequence then over the group (``seq-mean-token-mean``, default);
+  ``token-mean`` (DAPO) and ``seq-mean-token-sum-norm`` (Dr. GRPO) remove its length bias.
+- ``algo.scale_rewards=none`` drops the division by the group's std (Dr. GRPO); ``batch`` uses the batch std.
+- ``algo.clip_high`` > ``clip_low`` is DAPO's clip-higher; ``algo.drop_zero_variance`` its dynamic sampling
+  (without refilling); ``algo.mask_truncated`` its overlong filtering.
+- Log-probs are taken at the sampling temperature, so the ratio and the KL compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from reasoner.algo import aggregate, clipped_surrogate, kl_penalty
+from reasoner.batch import RolloutBatch, make_batch, sequence_logprobs
+from reasoner.checkpoint import (
+    latest_checkpoint,
+    load_extra,
+    load_trainer_state,
+    save_checkpoint,
+    write_json_atomic,
+)
+from reasoner.config import Config, to_dict
+from reasoner.estimators import make_estimator
+from reasoner.evaluate import evaluate_model
+from reasoner.metrics import MetricsLogger, plot_metrics
+from reasoner.models import default_device, load_policy, load_tokenizer
+from reasoner.optim import make_optimizer, make_scheduler
+from reasoner.rewards import get_reward
+from reasoner.rollout import SamplingParams, make_engine
+from reasoner.tasks import get_task
+from reasoner.tasks.base import Example
+
+
+def train(cfg: Config, progress: bool = True) -> dict:
+    t_start = time.time()
+    run = Path(cfg.train.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    device = default_device()
+
+    model_path = cfg.model.path
+    if cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
+        from reasoner.sft import run_sft
+
+        model_path = str(run_sft(cfg, model_path, Path(cfg.sft.output_dir), progress=progress))
+    ckpt = latest_checkpoint(run) if cfg.train.resume else None
+    tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
+    policy = load_policy(str(ckpt / "policy") if ckpt else model_path, "float32", device, cfg.model.attn_implementation)
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    reference = None
+    if cfg.algo.beta > 0:
+        reference = load_policy(model_path, cfg.model.dtype, device, cfg.model.attn_implementation).eval().requires_grad_(False)
+    estimator = make_estimator(cfg, policy, model_path, device)
+
+    task = get_task(cfg.task.name)
+    train_set = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
+    eval_set = task.load(cfg.task.test, cfg.task.test_split, cfg.task.eval_size, cfg.train.seed)
+    reward_fn = get_reward(task.reward)
+    format_fn = get_reward("format") if cfg.task.format_reward > 0 else None
+    render = prompt_renderer(tokenizer, cfg)
+    engine = make_engine(cfg.rollout, policy, tokenizer, model_path)
+
+    optimizer = make_optimizer(policy.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
+    scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.schedule)
+    start_step, history = 0, {}
+    if ckpt:
+        state = load_trainer_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        estimator.load_state_dict(state["estimator"])
+        for name, module in estimator.extra_modules().items():
+            load_extra(ckpt, name, module)
+        start_step, history = state["step"], state["history"]
+        print(f"[train] resumed from {ckpt} at step {start_step}")
+    log = MetricsLogger(run, cfg.train.tensorboard, resume_step=start_step if ckpt else None)
+
+    def evaluate(step: int) -> float:
+        engine.wake_up()
+        report = evaluate_model(
+            engine, task, eval_set, temperature=cfg.train.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+            seed=cfg.train.seed, render=render, progress=False, batch_prompts=max(1, cfg.rollout.batch_size),
+        )  # fmt: skip
+        score = report.metrics["accuracy" if task.kind == "math" else "pass@1"]
+        log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in report.metrics.items()}})
+        return score
+
+    def checkpoint(step: int) -> None:
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+                 "estimator": estimator.state_dict()}  # fmt: skip
+        save_checkpoint(run, step, policy, tokenizer, state, estimator.extra_modules())
+
+    if "eval_before" not in history:
+        history["eval_before"] = evaluate(0)
+    print(f"[train] {task.name}: held-out score before RL {history['eval_before']:.3f} on {len(eval_set)} prompts")
+
+    bar = tqdm(range(start_step, cfg.train.steps), desc=cfg.algo.name, disable=not progress, dynamic_ncols=True,
+               initial=start_step, total=cfg.train.steps)  # fmt: skip
+    step = start_step
+    stop = _GracefulStop()
+    try:
+        for step in bar:
+            examples = batch_for_step(train_set, step, cfg.train.prompts_per_step, cfg.train.seed)
+            t0 = time.time()
+            engine.wake_up()
+            params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                    max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed * 100_003 + step)  # fmt: skip
+            rollouts = engine.generate([render(ex) for ex in examples], params)
+            engine.sleep()
+            t1 = time.time()
+            aligned = [examples[r.prompt_index] for r in rollouts]
+            rewards, scored, reward_metrics = score(reward_fn, format_fn, cfg.task.format_reward, rollouts, aligned)
+            t2 = time.time()
+            metrics = update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id, device)
+            scheduler.step()
+            engine.sync_weights(policy)
+            t3 = time.time()
+            tokens = sum(len(r.completion_ids) for r in rollouts)
+            metrics |= reward_metrics | {
+                "lr": scheduler.get_last_lr()[0], "time/generate": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
+                "tokens_per_s": tokens / (t3 - t0), "samples": (step + 1) * len(rollouts),
+            }  # fmt: skip
+            log.log(step + 1, metrics)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", kl=f"{metrics.get('kl', 0):.3f}")
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                evaluate(step + 1)
+            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                checkpoint(step + 1)
+            stop.raise_if_requested()
+        step = cfg.train.steps
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        log.close()
+        print(f"\n[train] interrupted: saved step {step} to {run}/checkpoints; continue with train.resume=true")
+        raise
+    finally:
+        stop.restore()
+    bar.close()
+
+    history["eval_after"] = evaluate(cfg.train.steps)
+    checkpoint(cfg.train.steps)
+    policy.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    log.close()
+    plot_metrics(run / "metrics.jsonl", run / "curves.png", title=f"{cfg.algo.name} on {task.name}")
+    result = {
+        "task": task.name, "algo": cfg.algo.name, "eval_before": round(history["eval_before"], 4),
+        "eval_after": round(history["eval_after"], 4), "gain": round(history["eval_after"] - history["eval_before"], 4),
+        "steps": cfg.train.steps, "samples": cfg.train.steps * cfg.train.prompts_per_step * cfg.rollout.n,
+        "eval_prompts": len(eval_set), "wall_s": round(time.time() - t_start, 1), "model": cfg.model.path,
+        "output_dir": str(run),
+    }  # fmt: skip
+    write_json_atomic(run / "result.json", result)
+    return result
+
+
+def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, pad_id, device) -> dict:
+    """Compute advantages and take ``algo.inner_epochs`` clipped policy-gradient steps on one batch of rollouts."""
+    ac = cfg.algo
+    batch = make_batch(rollouts, pad_id, device)
+    n, mb = len(batch), cfg.train.micro_batch_size
+    keep = scored.clone()  # [N] samples that take part in the loss
+    if ac.mask_truncated:
+        keep &= torch.tensor([r.finish_reason == "stop" for r in rollouts], device=device)
+    with torch.no_grad():
+        old_logp = torch.cat([sequence_logprobs(policy, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
+                              for i in range(0, n, mb)])  # fmt: skip
+        ref_logp = None
+        if reference is not None:
+            ref_logp = torch.cat([sequence_logprobs(reference, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
+                                  for i in range(0, n, mb)])  # fmt: skip
+    advantages, est_metrics, keep = estimator.advantages(batch, rewards, scored, keep, old_logp, ref_logp)  # [N, T]
+    mask = batch.completion_mask * keep[:, None].float()  # [N, T]
+    kl_in_loss = reference is not None and not estimator.kl_in_reward
+    norm = cfg.rollout.max_new_tokens
+    stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+    weight_of = _micro_weights(mask, mb, ac.loss_agg)
+    for _ in range(ac.inner_epochs):
+        for i in range(0, n, mb):
+            sl = slice(i, i + mb)
+            micro, m = batch.select(sl), mask[sl]
+            logp, entropy = sequence_logprobs(policy, micro, cfg.rollout.temperature, with_entropy=True)
+            pg, clipped = clipped_surrogate(logp, old_logp[sl], advantages[sl], ac.clip_low, ac.clip_high)
+            loss = pg
+            if kl_in_loss:
+                kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
+                loss = loss + ac.beta * kl
+                stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
+            w = weight_of(sl)
+            total = aggregate(loss, m, ac.loss_agg, norm_length=norm) * w
+            if m.sum() > 0:
+                total.backward()
+            stats["loss"] += total.item() / ac.inner_epochs
+            stats["clip_frac"] += _masked_mean(clipped.float(), m) / ac.inner_epochs * _frac(m, mask)
+            stats["entropy"] += _masked_mean(entropy, m) / ac.inner_epochs * _frac(m, mask)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
+        stats["grad_norm"] += grad_norm.item() / ac.inner_epochs
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if ref_logp is not None and not kl_in_loss:
+        stats["kl"] = _masked_mean(kl_penalty(old_logp, ref_logp, ac.kl_estimator), mask)
+    stats |= estimator.update(batch, mask)
+    lengths = batch.completion_mask.sum(1)
+    return stats | est_metrics | {
+        "completion_len": lengths.mean().item(),
+        "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / n,
+        "masked_frac": 1.0 - keep.float().mean().item(),
+    }
+
+
+def score(reward_fn, format_fn, format_weight, rollouts, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Rewards [N] (0 where unscored) and a mask [N] of samples that could be scored."""
+    texts = [r.text for r in rollouts]
+    out = reward_fn(texts, examples)
+    scored = torch.tensor([s is not None for s in out.scores])
+    rewards = torch.tensor([s if s is not None else 0.0 for s in out.scores], dtype=torch.float32)
+    correct = (rewards >= 1.0).float()
+    metrics = {f"reward/{k}": v for k, v in out.metrics.items()}
+    if format_fn is not None:
+        fmt = format_fn(texts, examples)
+        rewards = rewards + format_weight * torch.tensor([s or 0.0 for s in fmt.scores])
+        metrics["reward/format"] = sum(s or 0.0 for s in fmt.scores) / len(texts)
+    metrics |= {
+        "reward/mean": rewards[scored].mean().item() if scored.any() else 0.0,
+        "reward/std": rewards[scored].std().item() if scored.sum() > 1 else 0.0,
+        "accuracy": correct[scored].mean().item() if scored.any() else 0.0,
+        "unscored_frac": 1.0 - scored.float().mean().item(),
+    }
+    return rewards, scored, metrics
+
+
+def batch_for_step(examples: list[Example], step: int, size: int, seed: int) -> list[Example]:
+    """The prompts of ``step``: a stateless function of (seed, step), so a resumed run sees the same data.
+
+    >>> data = [Example(str(i), str(i)) for i in range(5)]
+    >>> [e.prompt for e in batch_for_step(data, 2, 3, seed=0)] == [e.prompt for e in batch_for_step(data, 2, 3, seed=0)]
+    True
+    """
+    out = []
+    for i in range(step * size, (step + 1) * size):
+        epoch, j = divmod(i, len(examples))
+        out.append(examples[_permutation(len(examples), seed, epoch)[j]])
+    return out
+
+
+_PERMS: dict[tuple[int, int, int], list[int]] = {}
+
+
+def _permutation(n: int, seed: int, epoch: int) -> list[int]:
+    key = (n, seed, epoch)
+    if key not in _PERMS:
+        perm = list(range(n))
+        random.Random(f"{seed}-{epoch}").shuffle(perm)
+        _PERMS.clear()  # keep only the current epoch's order
+        _PERMS[key] = perm
+    return _PERMS[key]
+
+
+def prompt_renderer(tokenizer, cfg: Config):
+    if not cfg.task.chat_template:
+        return lambda ex: ex.prompt
+    system = cfg.task.system_prompt
+
+    def render(ex: Example) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": ex.prompt}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    return render
+
+
+def _micro_weights(mask: torch.Tensor, mb: int, mode: str):
+    """Weights that make the sum of per-micro-batch aggregates equal the aggregate over the whole batch."""
+    n = mask.shape[0]
+    total_tokens = mask.sum().clamp(min=1)
+
+    def weight(sl: slice) -> float:
+        if mode == "token-mean":
+            return (mask[sl].sum() / total_tokens).item()
+        return len(range(n)[sl]) / n
+
+    return weight
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return ((x * mask).sum() / mask.sum().clamp(min=1)).item()
+
+
+def _frac(part: torch.Tensor, whole: torch.Tensor) -> float:
+    return (part.sum() / whole.sum().clamp(min=1)).item()
+
+
+class _GracefulStop:
+    """Turn SIGTERM into KeyboardInterrupt at a step boundary, so `kill` saves a checkpoint like Ctrl-C."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self._handler) if _main_thread() else None
+
+    def _handler(self, signum, frame):
+        self.requested = True
+
+    def raise_if_requested(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def result_line(result: dict) -> str:
+    return json.dumps(result)
+
+
+__all__ = ["train", "update", "score", "batch_for_step", "prompt_renderer", "RolloutBatch", "asdict"]
