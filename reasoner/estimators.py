@@ -22,7 +22,9 @@ class Estimator(Protocol):
         self, batch: RolloutBatch, rewards: torch.Tensor, scored: torch.Tensor, keep: torch.Tensor,
         old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict, torch.Tensor]:
-        """Return advantages [N, T], metrics, and the updated keep mask [N]."""
+        """Return advantages [N, T], metrics, and the updated keep mask [N].
+
+        ``old_logp`` is None when the update is on-policy (one inner epoch, KL not in the reward)."""
 
     def update(self, batch: RolloutBatch, mask: torch.Tensor) -> dict:
         """Train whatever the estimator learns (PPO's critic) on this batch; GRPO has nothing to learn."""
@@ -59,7 +61,7 @@ class GroupEstimator:
             keep = keep & ~zero_var.to(keep.device)
         width = batch.completion_mask.shape[1]
         metrics = {"zero_variance_frac": zero_var.float().mean().item(), "adv/abs_mean": adv.abs().mean().item()}
-        return adv.to(old_logp.device)[:, None].expand(-1, width), metrics, keep
+        return adv.to(batch.input_ids.device)[:, None].expand(-1, width), metrics, keep
 
     def update(self, batch, mask):
         return {}

@@ -92,6 +92,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return getattr(torch, name)
 
 
+def set_cpu_threads(threads: int) -> None:
+    if threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(threads)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from reasoner.config import Config
-from reasoner.models import default_device, load_policy, load_tokenizer
+from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.tasks import get_task
 from reasoner.tasks.base import Example
@@ -61,6 +61,7 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     torch.manual_seed(cfg.train.seed)
     rng = random.Random(cfg.train.seed)
     device = default_device()
+    set_cpu_threads(cfg.train.cpu_threads)
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, dtype="float32", device=device)
     model.train()

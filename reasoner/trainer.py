@@ -35,7 +35,7 @@ from reasoner.config import Config, to_dict
 from reasoner.estimators import make_estimator
 from reasoner.evaluate import evaluate_model
 from reasoner.metrics import MetricsLogger, plot_metrics
-from reasoner.models import default_device, load_policy, load_tokenizer
+from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.rewards import get_reward
 from reasoner.rollout import SamplingParams, make_engine
@@ -51,6 +51,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     device = default_device()
+    set_cpu_threads(cfg.train.cpu_threads)
 
     model_path = cfg.model.path
     if cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
@@ -177,9 +178,14 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
     keep = scored.clone()  # [N] samples that take part in the loss
     if ac.mask_truncated:
         keep &= torch.tensor([r.finish_reason == "stop" for r in rollouts], device=device)
+    # On-policy with one pass, the old log-probs equal the current ones: take them from the update's own
+    # forward (ratio exactly 1) instead of a separate pass. PPO's KL-in-reward needs them up front.
+    on_policy = ac.inner_epochs == 1 and not estimator.kl_in_reward
     with torch.no_grad():
-        old_logp = torch.cat([sequence_logprobs(policy, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
-                              for i in range(0, n, mb)])  # fmt: skip
+        old_logp = None
+        if not on_policy:
+            old_logp = torch.cat([sequence_logprobs(policy, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
+                                  for i in range(0, n, mb)])  # fmt: skip
         ref_logp = None
         if reference is not None:
             ref_logp = torch.cat([sequence_logprobs(reference, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
@@ -195,7 +201,8 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
             sl = slice(i, i + mb)
             micro, m = batch.select(sl), mask[sl]
             logp, entropy = sequence_logprobs(policy, micro, cfg.rollout.temperature, with_entropy=True)
-            pg, clipped = clipped_surrogate(logp, old_logp[sl], advantages[sl], ac.clip_low, ac.clip_high)
+            old = logp.detach() if on_policy else old_logp[sl]
+            pg, clipped = clipped_surrogate(logp, old, advantages[sl], ac.clip_low, ac.clip_high)
             loss = pg
             if kl_in_loss:
                 kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
@@ -212,7 +219,7 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
         stats["grad_norm"] += grad_norm.item() / ac.inner_epochs
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    if ref_logp is not None and not kl_in_loss:
+    if ref_logp is not None and not kl_in_loss and old_logp is not None:
         stats["kl"] = _masked_mean(kl_penalty(old_logp, ref_logp, ac.kl_estimator), mask)
     stats |= estimator.update(batch, mask)
     lengths = batch.completion_mask.sum(1)

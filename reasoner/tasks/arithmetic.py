@@ -1,12 +1,12 @@
 """Procedural arithmetic word problems in GSM8K format: the offline default for `make train-math`.
 
-A problem starts from a number and applies one to three additions or subtractions told as a short story;
+A problem starts from a number and applies one or two additions or subtractions told as a short story;
 the reference solution works it step by step and ends in ``#### <answer>``, so the math checker scores it
 exactly as it scores GSM8K. Train and test are drawn from disjoint seed streams and the test prompts are
 removed from the training set.
 
 >>> ex = make_problem(random.Random(0))
->>> ex.prompt.startswith("Question: ") and ex.solution.endswith("#### " + ex.gold)
+>>> ex.prompt.endswith("How many now?\\n") and ex.solution.endswith("#### " + ex.gold)
 True
 """
 

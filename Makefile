@@ -1,0 +1,70 @@
+# reasoner — every target installs what it needs first, so each works as the first command on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned here so pip never resolves it (and its CUDA packages) on its own.
+# Without CUDA the CPU build is used; on a CUDA machine pip's default build is. TORCH_INDEX lets users point
+# pip at e.g. https://download.pytorch.org/whl/cpu.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+ALGO ?= grpo
+CONFIG_MATH ?= configs/math-$(ALGO).yaml
+CONFIG_CODE ?= configs/code-$(ALGO).yaml
+TINY_MODEL ?= runs/tiny-model
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install docker sandbox-image test test-fast train-math train-code eval bench lint help
+
+help:
+	@echo "make install | test | train-math [ALGO=ppo] | train-code [ALGO=ppo] | eval ARGS='...' | bench | lint | docker | sandbox-image"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$(TORCH_VERSION)' else 1)" 2>/dev/null; then \
+		echo "torch $(TORCH_VERSION) already installed"; \
+	else \
+		$(PY) -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+docker:
+	bash sandbox/scripts/ensure-docker.sh
+
+sandbox-image: docker
+	bash sandbox/scripts/build-image.sh
+
+$(TINY_MODEL)/config.json: | install
+	$(VENV)/bin/reasoner tiny-model --out $(TINY_MODEL)
+
+test: install sandbox-image
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The suite without Docker (unit tests, the tiny model, the local sandbox backend).
+test-fast: install
+	@set +e; REASONER_SKIP_DOCKER=1 $(PY) -m pytest -m "not docker and not slow" $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+train-math: install $(TINY_MODEL)/config.json
+	$(VENV)/bin/reasoner train --config $(CONFIG_MATH) $(ARGS)
+
+train-code: install sandbox-image $(TINY_MODEL)/config.json
+	$(VENV)/bin/reasoner train --config $(CONFIG_CODE) $(ARGS)
+
+eval: install
+	$(VENV)/bin/reasoner eval $(ARGS)
+
+bench: install sandbox-image $(TINY_MODEL)/config.json
+	$(PY) benchmarks/verifier.py
+	$(PY) benchmarks/sandbox.py
+	$(PY) benchmarks/train_step.py
+
+lint: install
+	$(VENV)/bin/ruff check reasoner sandbox benchmarks tests
+	$(VENV)/bin/ruff format --check reasoner sandbox benchmarks tests

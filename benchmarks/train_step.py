@@ -1,0 +1,127 @@
+"""Seconds and peak memory per GRPO step, split into generate / score / update.
+
+CPU (default): the tiny offline model on the arithmetic task. With ``--gpu`` (a CUDA machine): a randomly
+initialised model of Qwen2.5-0.5B's shape in bf16, reporting tokens/s and the update's model FLOPs utilisation.
+Baseline in the same run: the update plus the separate old-log-prob forward pass that other trainers take
+before every update, so the on-policy fast path is measured as a ratio, not as an absolute time.
+
+    python benchmarks/train_step.py [--steps 5] [--gpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from reasoner.batch import make_batch, sequence_logprobs
+from reasoner.config import load_config
+from reasoner.estimators import make_estimator
+from reasoner.models import build_tiny_model, default_device, load_policy, load_tokenizer
+from reasoner.optim import make_optimizer
+from reasoner.rewards import get_reward
+from reasoner.rollout import SamplingParams, make_engine
+from reasoner.tasks import get_task
+from reasoner.trainer import batch_for_step, score, update
+
+RESULTS = Path(__file__).parent / "results"
+QWEN_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=4096)  # fmt: skip
+H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s (H100/H200 SXM)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--gpu", action="store_true")
+    ap.add_argument("--model", default="runs/tiny-model")
+    args = ap.parse_args()
+    device = default_device()
+    if args.gpu:
+        from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+        model_dir = Path("runs/qwen-0.5b-shape")
+        if not (model_dir / "config.json").exists():
+            Qwen2ForCausalLM(Qwen2Config(**QWEN_05B, tie_word_embeddings=True)).save_pretrained(model_dir)
+            AutoTokenizer.from_pretrained(args.model).save_pretrained(model_dir)  # any tokenizer: ids are random
+        overrides = ["rollout.max_new_tokens=256", "train.prompts_per_step=16", "train.micro_batch_size=16"]
+    else:
+        model_dir = Path(args.model)
+        if not (model_dir / "config.json").exists():
+            build_tiny_model(model_dir)
+        overrides = ["rollout.max_new_tokens=32", "train.prompts_per_step=16", "train.micro_batch_size=128"]
+    cfg = load_config(None, [f"model.path={model_dir}", *overrides])
+    tok = load_tokenizer(str(model_dir))
+    policy = load_policy(str(model_dir), "float32", device)
+    reference = load_policy(str(model_dir), "auto", device).eval().requires_grad_(False)
+    engine = make_engine(cfg.rollout, policy, tok, str(model_dir))
+    task = get_task("arithmetic")
+    data = task.load(None, "train", 2000, 0)
+    reward = get_reward(task.reward)
+    optimizer = make_optimizer(policy.parameters(), 1e-5)
+    n_params = sum(p.numel() for p in policy.parameters())
+
+    rows = []
+    for step in range(args.steps + 1):  # step 0 warms up
+        examples = batch_for_step(data, step, cfg.train.prompts_per_step, 0)
+        sp = SamplingParams(n=cfg.rollout.n, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens, seed=step)
+        t0 = time.perf_counter()
+        rollouts = engine.generate([e.prompt for e in examples], sp)
+        t1 = time.perf_counter()
+        rewards, scored, _ = score(reward, None, 0.0, rollouts, [examples[r.prompt_index] for r in rollouts])
+        t2 = time.perf_counter()
+        est = make_estimator(cfg, policy, str(model_dir), device)
+        s = time.perf_counter()
+        update(cfg, policy, reference, est, optimizer, rollouts, rewards, scored, tok.pad_token_id, device)
+        _sync(device)
+        t3 = time.perf_counter()
+        with torch.no_grad():  # the pass the on-policy path saves: old log-probs before the update
+            batch = make_batch(rollouts, tok.pad_token_id, device)
+            for i in range(0, len(batch), cfg.train.micro_batch_size):
+                sequence_logprobs(policy, batch.select(slice(i, i + cfg.train.micro_batch_size)), 1.0)
+        _sync(device)
+        timings = {"update": t3 - s, "update_with_old_logp_pass": time.perf_counter() - s}
+        tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
+        if step:
+            rows.append({"generate_s": t1 - t0, "score_s": t2 - t1, **{f"{k}_s": v for k, v in timings.items()},
+                         "tokens": tokens, "gen_tokens": sum(len(r.completion_ids) for r in rollouts)})  # fmt: skip
+
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{torch.get_num_threads()} threads",
+        "model_parameters": n_params, "samples_per_step": cfg.train.prompts_per_step * cfg.rollout.n,
+        "median": med, "peak_memory_mb": peak_mb(device),
+        "generate_tokens_per_s": med["gen_tokens"] / med["generate_s"],
+        "update_tokens_per_s": med["tokens"] / med["update_s"],
+        "update_speedup_vs_old_logp_pass": med["update_with_old_logp_pass_s"] / med["update_s"],
+    }  # fmt: skip
+    if device.type == "cuda":  # forward + backward = 6 FLOPs per parameter per token (plus the reference forward: 2)
+        result["update_mfu"] = 8 * n_params * med["tokens"] / med["update_s"] / H200_BF16_PEAK
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"train_step_{'gpu' if device.type == 'cuda' else 'cpu'}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print("| phase | median s/step |\n|---|---|")
+    for k in ("generate_s", "score_s", "update_s", "update_with_old_logp_pass_s"):
+        print(f"| {k[:-2]} | {med[k]:.3f} |")
+    print(f"peak memory {result['peak_memory_mb']:.0f} MB; on-policy update speed-up x{result['update_speedup_vs_old_logp_pass']:.2f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""End-to-end GRPO on the real tiny model with the real math checker, and kill-and-resume equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reasoner.batch import make_batch, sequence_logprobs
+from reasoner.config import load_config
+from reasoner.rollout import Rollout
+from reasoner.tasks import TASKS
+from reasoner.tasks.base import Example, Task
+from reasoner.trainer import train
+
+VOLATILE = ("time/", "tokens_per_s")
+
+
+def _seven(source, split, size, seed):
+    # The smallest task the random tiny model can stumble on: its last number must be 7. Scored by the real checker.
+    return [Example(prompt=f"{i}: 3+4 is\n", gold="7") for i in range(size or 64)]
+
+
+if "seven" not in TASKS:
+    TASKS.register("seven")(Task(name="seven", reward="math", load=_seven, kind="math"))
+
+SEVEN = [
+    "task.name=seven", "task.eval_size=16", "rollout.n=8", "rollout.max_new_tokens=6", "train.prompts_per_step=8",
+    "train.micro_batch_size=32", "optim.lr=3e-3", "sft.steps=0", "train.eval_every=0", "train.tensorboard=false",
+]  # fmt: skip
+
+
+def _params(model):
+    return torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+
+@pytest.mark.slow
+def test_grpo_end_to_end_reward_rises_and_parameters_move(tiny_model_dir, tmp_path):
+    cfg = load_config(None, SEVEN + [f"model.path={tiny_model_dir}", f"train.output_dir={tmp_path}", "train.steps=30",
+                                     "train.save_every=0"])  # fmt: skip
+    result = train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
+    assert len(rewards) == 30
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.2, f"mean reward did not rise: {first:.3f} -> {last:.3f}"
+    from transformers import AutoModelForCausalLM
+
+    before = _params(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    after = _params(AutoModelForCausalLM.from_pretrained(tmp_path / "final"))
+    assert (after - before).abs().max() > 1e-3
+    assert result["algo"] == "grpo" and result["steps"] == 30 and (tmp_path / "curves.png").stat().st_size > 1000
+    for key in ("kl", "clip_frac", "entropy", "grad_norm", "zero_variance_frac", "truncated_frac", "lr", "completion_len"):
+        assert key in rows[-1], key
+
+
+def _run(args, out: Path):
+    cmd = [sys.executable, "-m", "reasoner", "train", "--no-progress", *args, f"train.output_dir={out}"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+def _stable(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_ends_with_the_same_metrics(tiny_model_dir, tmp_path):
+    args = SEVEN + [f"model.path={tiny_model_dir}", "train.steps=8", "train.save_every=3", "train.eval_every=4"]
+    full = _run(args, tmp_path / "full")
+    assert full.wait(timeout=600) == 0, full.stdout.read()
+
+    killed = _run(args, tmp_path / "killed")
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not (latest.is_file() and latest.read_text().strip() == "step-0000006"):
+        assert killed.poll() is None and time.time() < deadline, "run ended before its step-6 checkpoint"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed = _run(args + ["train.resume=true"], tmp_path / "killed")
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resumed from" in out
+    assert _stable(tmp_path / "killed" / "metrics.jsonl") == _stable(tmp_path / "full" / "metrics.jsonl")
+    assert json.loads(out.strip().splitlines()[-1])["eval_after"] == json.loads((tmp_path / "full" / "result.json").read_text())["eval_after"]
+
+
+def test_logprobs_under_left_padding_match_unpadded_forward(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rollouts = [
+        Rollout(0, [5, 6, 7, 8], [9, 10, 2], "", "stop"),
+        Rollout(1, [11, 12], [13], "", "length"),
+    ]
+    batch = make_batch(rollouts, pad_id=0)
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(model, batch, temperature=0.7)
+        for i, r in enumerate(rollouts):
+            ids = torch.tensor([r.prompt_ids + r.completion_ids])
+            ref = torch.log_softmax(model(ids).logits[0, :-1] / 0.7, -1)
+            ref = ref[len(r.prompt_ids) - 1 :].gather(-1, torch.tensor(r.completion_ids)[:, None])[:, 0]
+            torch.testing.assert_close(logp[i, : len(r.completion_ids)], ref, atol=1e-5, rtol=1e-5)
+    assert batch.completion_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
