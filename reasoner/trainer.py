@@ -16,10 +16,12 @@ import json
 import random
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from reasoner.algo import aggregate, clipped_surrogate, kl_penalty
@@ -32,6 +34,16 @@ from reasoner.checkpoint import (
     write_json_atomic,
 )
 from reasoner.config import Config, to_dict
+from reasoner.distributed import (
+    NullLogger,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    destroy,
+    init_from_env,
+    shard,
+    wrap_ddp,
+)
 from reasoner.estimators import make_estimator
 from reasoner.evaluate import evaluate_model
 from reasoner.metrics import MetricsLogger, plot_metrics
@@ -39,30 +51,36 @@ from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu
 from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.rewards import get_reward
 from reasoner.rollout import SamplingParams, make_engine
+from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
 from reasoner.tasks import get_task
 from reasoner.tasks.base import Example
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
     t_start = time.time()
+    world = init_from_env()  # under torchrun: join the process group (nccl on CUDA, gloo on CPU); else one process
     run = Path(cfg.train.output_dir)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    if world.is_main:
+        (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    device = default_device()
+    device = world.device if world.enabled else default_device()
     set_cpu_threads(cfg.train.cpu_threads)
 
     model_path = cfg.model.path
     if cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
         from reasoner.sft import run_sft
 
-        model_path = str(run_sft(cfg, model_path, Path(cfg.sft.output_dir), progress=progress))
+        if world.is_main:
+            model_path = str(run_sft(cfg, model_path, Path(cfg.sft.output_dir), progress=progress))
+        model_path = broadcast_object(model_path, world)
     ckpt = latest_checkpoint(run) if cfg.train.resume else None
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
     policy = load_policy(str(ckpt / "policy") if ckpt else model_path, "float32", device, cfg.model.attn_implementation)
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
+    model = wrap_ddp(policy, world)  # the update goes through DDP; generation and checkpoints use `policy`
     reference = None
     if cfg.algo.beta > 0:
         reference = load_policy(model_path, cfg.model.dtype, device, cfg.model.attn_implementation).eval().requires_grad_(False)
@@ -71,6 +89,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     task = get_task(cfg.task.name)
     train_set = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
     eval_set = task.load(cfg.task.test, cfg.task.test_split, cfg.task.eval_size, cfg.train.seed)
+    eval_shard = shard(eval_set, world.rank, world.world_size, even=False)
     reward_fn = get_reward(task.reward)
     format_fn = get_reward("format") if cfg.task.format_reward > 0 else None
     render = prompt_renderer(tokenizer, cfg)
@@ -87,28 +106,37 @@ def train(cfg: Config, progress: bool = True) -> dict:
         for name, module in estimator.extra_modules().items():
             load_extra(ckpt, name, module)
         start_step, history = state["step"], state["history"]
+        engine.sync_weights(policy)  # the engine loaded model_path; the policy resumed from the checkpoint
         print(f"[train] resumed from {ckpt} at step {start_step}")
-    log = MetricsLogger(run, cfg.train.tensorboard, resume_step=start_step if ckpt else None)
+    log = NullLogger()  # rank 0 alone writes metrics
+    if world.is_main:
+        log = MetricsLogger(run, cfg.train.tensorboard, resume_step=start_step if ckpt else None)
 
     def evaluate(step: int) -> float:
         engine.wake_up()
         report = evaluate_model(
-            engine, task, eval_set, temperature=cfg.train.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+            engine, task, eval_shard, temperature=cfg.train.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
             seed=cfg.train.seed, render=render, progress=False, batch_prompts=max(1, cfg.rollout.batch_size),
         )  # fmt: skip
-        score = report.metrics["accuracy" if task.kind == "math" else "pass@1"]
-        log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in report.metrics.items()}})
+        counts = ("examples", "samples", "correct", "unscored")
+        metrics = all_reduce_mean(report.metrics, world, weight=len(eval_shard), sums=counts)
+        score = metrics["accuracy" if task.kind == "math" else "pass@1"]
+        log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in metrics.items()}})
         return score
 
     def checkpoint(step: int) -> None:
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
                  "estimator": estimator.state_dict()}  # fmt: skip
-        save_checkpoint(run, step, policy, tokenizer, state, estimator.extra_modules())
+        if world.is_main:  # DDP keeps every rank's policy and optimizer identical
+            save_checkpoint(run, step, policy, tokenizer, state, estimator.extra_modules())
+        barrier(world)
 
     if "eval_before" not in history:
         history["eval_before"] = evaluate(0)
-    print(f"[train] {task.name}: held-out score before RL {history['eval_before']:.3f} on {len(eval_set)} prompts")
+    if world.is_main:
+        print(f"[train] {task.name}: held-out score before RL {history['eval_before']:.3f} on {len(eval_set)} prompts")
 
+    progress = progress and world.is_main
     bar = tqdm(range(start_step, cfg.train.steps), desc=cfg.algo.name, disable=not progress, dynamic_ncols=True,
                initial=start_step, total=cfg.train.steps)  # fmt: skip
     step = start_step
@@ -116,17 +144,19 @@ def train(cfg: Config, progress: bool = True) -> dict:
     try:
         for step in bar:
             examples = batch_for_step(train_set, step, cfg.train.prompts_per_step, cfg.train.seed)
+            examples = shard(examples, world.rank, world.world_size)  # this rank's prompts
             t0 = time.time()
             engine.wake_up()
             params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed * 100_003 + step)  # fmt: skip
+                                    max_new_tokens=cfg.rollout.max_new_tokens,
+                                    seed=(cfg.train.seed * 100_003 + step) * world.world_size + world.rank)  # fmt: skip
             rollouts = engine.generate([render(ex) for ex in examples], params)
             engine.sleep()
             t1 = time.time()
             aligned = [examples[r.prompt_index] for r in rollouts]
             rewards, scored, reward_metrics = score(reward_fn, format_fn, cfg.task.format_reward, rollouts, aligned)
             t2 = time.time()
-            metrics = update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id, device)
+            metrics = update(cfg, model, reference, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id, device)
             scheduler.step()
             engine.sync_weights(policy)
             t3 = time.time()
@@ -135,6 +165,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 "lr": scheduler.get_last_lr()[0], "time/generate": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
                 "tokens_per_s": tokens / (t3 - t0), "samples": (step + 1) * len(rollouts),
             }  # fmt: skip
+            metrics = all_reduce_mean(metrics, world, sums=("tokens_per_s", "samples"))  # the mean over ranks
             log.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", kl=f"{metrics.get('kl', 0):.3f}")
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
@@ -155,10 +186,11 @@ def train(cfg: Config, progress: bool = True) -> dict:
 
     history["eval_after"] = evaluate(cfg.train.steps)
     checkpoint(cfg.train.steps)
-    policy.save_pretrained(run / "final")
-    tokenizer.save_pretrained(run / "final")
     log.close()
-    plot_metrics(run / "metrics.jsonl", run / "curves.png", title=f"{cfg.algo.name} on {task.name}")
+    if world.is_main:
+        policy.save_pretrained(run / "final")
+        tokenizer.save_pretrained(run / "final")
+        plot_metrics(run / "metrics.jsonl", run / "curves.png", title=f"{cfg.algo.name} on {task.name}")
     result = {
         "task": task.name, "algo": cfg.algo.name, "eval_before": round(history["eval_before"], 4),
         "eval_after": round(history["eval_after"], 4), "gain": round(history["eval_after"] - history["eval_before"], 4),
@@ -166,7 +198,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
         "eval_prompts": len(eval_set), "wall_s": round(time.time() - t_start, 1), "model": cfg.model.path,
         "output_dir": str(run),
     }  # fmt: skip
-    write_json_atomic(run / "result.json", result)
+    if world.is_main:
+        write_json_atomic(run / "result.json", result)
+    destroy(world)
     return result
 
 
@@ -190,6 +224,12 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
         if reference is not None:
             ref_logp = torch.cat([sequence_logprobs(reference, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
                                   for i in range(0, n, mb)])  # fmt: skip
+    engine_logp = None
+    if rollouts[0].logprobs is not None:  # the engine reported its own log-probs (vLLM)
+        engine_logp = engine_logprob_tensor(rollouts, batch.completion_mask.shape[1], device)  # [N, T]
+    elif cfg.rollout.use_engine_logprobs:
+        raise ValueError("rollout.use_engine_logprobs=true needs an engine that reports log-probs (rollout.engine=vllm)")
+    trainer_logp = torch.zeros_like(batch.completion_mask)  # [N, T] the old log-probs the loss used
     advantages, est_metrics, keep = estimator.advantages(batch, rewards, scored, keep, old_logp, ref_logp)  # [N, T]
     mask = batch.completion_mask * keep[:, None].float()  # [N, T]
     kl_in_loss = reference is not None and not estimator.kl_in_reward
@@ -203,6 +243,10 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
             logp, entropy = sequence_logprobs(policy, micro, cfg.rollout.temperature, with_entropy=True)
             old = logp.detach() if on_policy else old_logp[sl]
             pg, clipped = clipped_surrogate(logp, old, advantages[sl], ac.clip_low, ac.clip_high)
+            if engine_logp is not None:
+                trainer_logp[sl] = old
+                if cfg.rollout.use_engine_logprobs:  # truncated importance sampling: sampled by the engine, not by us
+                    pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
             loss = pg
             if kl_in_loss:
                 kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
@@ -210,8 +254,9 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
                 stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
             w = weight_of(sl)
             total = aggregate(loss, m, ac.loss_agg, norm_length=norm) * w
-            if m.sum() > 0:
-                total.backward()
+            last = i + mb >= n  # under DDP, all-reduce the gradients once per optimizer step
+            with nullcontext() if last or not isinstance(policy, DDP) else policy.no_sync():
+                total.backward()  # on every rank even when m is empty: DDP ranks must run the same backwards
             stats["loss"] += total.item() / ac.inner_epochs
             stats["clip_frac"] += _masked_mean(clipped.float(), m) / ac.inner_epochs * _frac(m, mask)
             stats["entropy"] += _masked_mean(entropy, m) / ac.inner_epochs * _frac(m, mask)
@@ -221,6 +266,8 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
         optimizer.zero_grad(set_to_none=True)
     if ref_logp is not None and not kl_in_loss and old_logp is not None:
         stats["kl"] = _masked_mean(kl_penalty(old_logp, ref_logp, ac.kl_estimator), mask)
+    if engine_logp is not None:
+        stats |= mismatch_metrics(trainer_logp, engine_logp, batch.completion_mask, cfg.rollout.tis_cap)
     stats |= estimator.update(batch, mask)
     lengths = batch.completion_mask.sum(1)
     return stats | est_metrics | {

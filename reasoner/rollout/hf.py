@@ -5,6 +5,8 @@ The engine shares the policy module with the trainer, so ``sync_weights`` has no
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from reasoner.rollout.base import Rollout, SamplingParams
@@ -18,6 +20,9 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Rollout]:
+        if params.temperature == 0 and params.n > 1:  # greedy samples are identical: decode once, copy n times
+            once = self.generate(prompts, replace(params, n=1))
+            return [replace(r, completion_ids=list(r.completion_ids)) for r in once for _ in range(params.n)]
         if params.seed is not None:
             torch.manual_seed(params.seed)
         per_call = max(1, self.batch_size // params.n)
