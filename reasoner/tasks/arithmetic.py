@@ -21,8 +21,8 @@ NAMES = ["Ann", "Bob", "Cal", "Dee", "Eve", "Fay", "Gus", "Hal", "Ida", "Jon"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "eggs", "shells", "stamps"]
 MORE = ["gets {n}", "buys {n}", "finds {n}", "wins {n}"]
 LESS = ["gives {n} away", "loses {n}", "sells {n}", "eats {n}"]
-MAX_START = 30
-MAX_STEP = 15
+MAX_START = 20
+MAX_STEP = 9
 TRAIN_SIZE = 20_000
 
 
