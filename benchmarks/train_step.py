@@ -59,7 +59,9 @@ def main() -> None:
         model_dir = Path("runs/qwen-0.5b-shape")
         if not (model_dir / "config.json").exists():
             Qwen2ForCausalLM(Qwen2Config(**QWEN_05B, tie_word_embeddings=True)).save_pretrained(model_dir)
-            AutoTokenizer.from_pretrained(args.model).save_pretrained(model_dir)  # any tokenizer: ids are random
+            AutoTokenizer.from_pretrained(args.model).save_pretrained(
+                model_dir
+            )  # any tokenizer: ids are random
         overrides = ["rollout.max_new_tokens=256", "train.prompts_per_step=16", "train.micro_batch_size=16"]
     else:
         model_dir = Path(args.model)
@@ -80,7 +82,9 @@ def main() -> None:
     rows = []
     for step in range(args.steps + 1):  # step 0 warms up
         examples = batch_for_step(data, step, cfg.train.prompts_per_step, 0)
-        sp = SamplingParams(n=cfg.rollout.n, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens, seed=step)
+        sp = SamplingParams(
+            n=cfg.rollout.n, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens, seed=step
+        )
         t0 = time.perf_counter()
         rollouts = engine.generate([e.prompt for e in examples], sp)
         t1 = time.perf_counter()
@@ -111,7 +115,9 @@ def main() -> None:
         "update_tokens_per_s": med["tokens"] / med["update_s"],
         "update_speedup_vs_old_logp_pass": med["update_with_old_logp_pass_s"] / med["update_s"],
     }  # fmt: skip
-    if device.type == "cuda":  # forward + backward = 6 FLOPs per parameter per token (plus the reference forward: 2)
+    if (
+        device.type == "cuda"
+    ):  # forward + backward = 6 FLOPs per parameter per token (plus the reference forward: 2)
         result["update_mfu"] = 8 * n_params * med["tokens"] / med["update_s"] / H200_BF16_PEAK
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"train_step_{'gpu' if device.type == 'cuda' else 'cpu'}.json"
@@ -119,7 +125,9 @@ def main() -> None:
     print("| phase | median s/step |\n|---|---|")
     for k in ("generate_s", "score_s", "update_s", "update_with_old_logp_pass_s"):
         print(f"| {k[:-2]} | {med[k]:.3f} |")
-    print(f"peak memory {result['peak_memory_mb']:.0f} MB; on-policy update speed-up x{result['update_speedup_vs_old_logp_pass']:.2f}")
+    print(
+        f"peak memory {result['peak_memory_mb']:.0f} MB; on-policy update speed-up x{result['update_speedup_vs_old_logp_pass']:.2f}"
+    )
     print(json.dumps(result))
 
 

@@ -33,7 +33,9 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def select(self, idx: torch.Tensor | slice) -> RolloutBatch:
-        return RolloutBatch(self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx], self.prompt_width)
+        return RolloutBatch(
+            self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx], self.prompt_width
+        )
 
 
 def make_batch(rollouts: list[Rollout], pad_id: int, device: torch.device | str = "cpu") -> RolloutBatch:

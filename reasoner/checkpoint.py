@@ -18,7 +18,9 @@ import torch
 KEEP = 2
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], extra_models: dict | None = None) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, tokenizer, state: dict[str, Any], extra_models: dict | None = None
+) -> Path:
     """``state`` holds picklable objects (optimizer/scheduler state dicts, counters); RNG state is added here."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:07d}"

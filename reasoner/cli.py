@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from reasoner.config import ConfigError, load_config
@@ -17,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="reasoner", description=__doc__.split("\n")[0].strip("`: "))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="RL training (GRPO or PPO) on a task; ends with one JSON line of results")
+    p = sub.add_parser(
+        "train", help="RL training (GRPO or PPO) on a task; ends with one JSON line of results"
+    )
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p = sub.add_parser("sft", help="supervised fine-tuning on a task's reference solutions")
@@ -26,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from reasoner.evaluate import add_eval_arguments
 
     add_eval_arguments(p)
-    p = sub.add_parser("tiny-model", help="build the offline character-level policy (Llama-shaped, ~1M parameters)")
+    p = sub.add_parser(
+        "tiny-model", help="build the offline character-level policy (Llama-shaped, ~1M parameters)"
+    )
     p.add_argument("--out", required=True, help="directory to write the model and tokenizer to")
     p.add_argument("--seed", type=int, default=0)
 
@@ -40,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. algo.beta=0.0")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key.sub=value", help="override config values, e.g. algo.beta=0.0"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
@@ -52,7 +59,8 @@ def _train(args) -> int:
         result = train(cfg, progress=not args.no_progress)
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result line
+        print(json.dumps(result))
     return 0
 
 

@@ -40,7 +40,9 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"  # see reasoner.tasks.TASKS
-    train: str | None = None  # hub id or local file; None = the task's default (procedural tasks make their own)
+    train: str | None = (
+        None  # hub id or local file; None = the task's default (procedural tasks make their own)
+    )
     test: str | None = None
     train_split: str = "train"
     test_split: str = "test"
@@ -178,11 +180,15 @@ def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
         full = f"{prefix}{key}"
         if key not in names:
             where = f"under {prefix[:-1]!r}" if prefix else "at the top level"
-            raise ConfigError(f"unknown key {full!r}; valid keys {where}: {', '.join(sorted(names))} ({source})")
+            raise ConfigError(
+                f"unknown key {full!r}; valid keys {where}: {', '.join(sorted(names))} ({source})"
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"{full!r} is a section; give its keys ({', '.join(f.name for f in dataclasses.fields(current))})")
+                raise ConfigError(
+                    f"{full!r} is a section; give its keys ({', '.join(f.name for f in dataclasses.fields(current))})"
+                )
             _apply(current, value, prefix=f"{full}.", source=source)
         else:
             setattr(obj, key, _check(full, value, hints[key], source))
@@ -206,7 +212,9 @@ def _check(key: str, value: Any, hint: Any, source: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{key!r} must be one of {', '.join(map(repr, choices))}; got {value!r} ({source})")
+            raise ConfigError(
+                f"{key!r} must be one of {', '.join(map(repr, choices))}; got {value!r} ({source})"
+            )
         return value
     if origin is list:
         (inner,) = typing.get_args(hint)
@@ -223,5 +231,7 @@ def _check(key: str, value: Any, hint: Any, source: str) -> Any:
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. task.train=123 on the command line
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key!r} must be {hint.__name__}; got {value!r} ({type(value).__name__}) ({source})")
+        raise ConfigError(
+            f"{key!r} must be {hint.__name__}; got {value!r} ({type(value).__name__}) ({source})"
+        )
     return value

@@ -22,20 +22,28 @@ def load_records(source: str, split: str = "train", required: tuple[str, ...] = 
     path = Path(source)
     if path.suffix in LOCAL_FORMATS or path.exists():
         if not path.is_file():
-            raise DataError(f"data file {source!r} not found (give a .jsonl, .json, .jsonl.gz or .parquet file, or a hub id)")
+            raise DataError(
+                f"data file {source!r} not found (give a .jsonl, .json, .jsonl.gz or .parquet file, or a hub id)"
+            )
         builder = LOCAL_FORMATS.get(path.suffix)
         if builder is None:
-            raise DataError(f"data file {source!r}: unknown format {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}")
+            raise DataError(
+                f"data file {source!r}: unknown format {path.suffix!r}; use one of {', '.join(LOCAL_FORMATS)}"
+            )
         try:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        except Exception as e:  # datasets raises many types for unreadable files; report which file, keep the cause
+        except (
+            Exception
+        ) as e:  # datasets raises many types for unreadable files; report which file, keep the cause
             raise DataError(f"data file {source!r} could not be read: {type(e).__name__}: {e}") from e
     else:
         name, _, config = source.partition(":")
         try:
             ds = datasets.load_dataset(name, config or None, split=split)
         except Exception as e:
-            raise DataError(f"dataset {source!r} (split {split!r}) could not be loaded: {type(e).__name__}: {e}") from e
+            raise DataError(
+                f"dataset {source!r} (split {split!r}) could not be loaded: {type(e).__name__}: {e}"
+            ) from e
     rows = ds.to_list()
     for i, row in enumerate(rows):
         for key in required:

@@ -19,8 +19,13 @@ class Estimator(Protocol):
     kl_in_reward: bool  # True: the KL penalty is part of the reward (classic RLHF), not of the loss
 
     def advantages(
-        self, batch: RolloutBatch, rewards: torch.Tensor, scored: torch.Tensor, keep: torch.Tensor,
-        old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+        self,
+        batch: RolloutBatch,
+        rewards: torch.Tensor,
+        scored: torch.Tensor,
+        keep: torch.Tensor,
+        old_logp: torch.Tensor,
+        ref_logp: torch.Tensor | None,
     ) -> tuple[torch.Tensor, dict, torch.Tensor]:
         """Return advantages [N, T], metrics, and the updated keep mask [N].
 
@@ -60,7 +65,10 @@ class GroupEstimator:
         if self.drop_zero_variance:
             keep = keep & ~zero_var.to(keep.device)
         width = batch.completion_mask.shape[1]
-        metrics = {"zero_variance_frac": zero_var.float().mean().item(), "adv/abs_mean": adv.abs().mean().item()}
+        metrics = {
+            "zero_variance_frac": zero_var.float().mean().item(),
+            "adv/abs_mean": adv.abs().mean().item(),
+        }
         return adv.to(batch.input_ids.device)[:, None].expand(-1, width), metrics, keep
 
     def update(self, batch, mask):

@@ -21,7 +21,11 @@ class MetricsLogger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             # Drop lines written after the checkpoint we resume from, so no step appears twice.
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln)["step"] <= resume_step
+            ]
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif resume_step is None:
             self.path.write_text("")
@@ -62,9 +66,11 @@ def plot_metrics(jsonl: Path, png: Path, title: str = "") -> Path:
     rows = read_metrics(jsonl)
     keys = [(k, label) for k, label in PLOT_KEYS if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys):
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
         pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None, ms=3)
+        ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None, ms=3
+        )
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)

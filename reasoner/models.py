@@ -111,7 +111,9 @@ def load_tokenizer(path: str):
     return tok
 
 
-def load_policy(path: str, dtype: str = "auto", device: torch.device | None = None, attn_implementation: str | None = None):
+def load_policy(
+    path: str, dtype: str = "auto", device: torch.device | None = None, attn_implementation: str | None = None
+):
     from transformers import AutoModelForCausalLM
 
     device = device or default_device()

@@ -10,10 +10,14 @@ import torch
 def make_optimizer(params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999)) -> torch.optim.AdamW:
     params = [p for p in params if p.requires_grad]
     fused = all(p.is_cuda for p in params)  # the fused kernel is CUDA-only
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused or None)
+    return torch.optim.AdamW(
+        params, lr=lr, weight_decay=weight_decay, betas=tuple(betas), fused=fused or None
+    )
 
 
-def make_scheduler(optimizer, warmup_steps: int, total_steps: int, kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer, warmup_steps: int, total_steps: int, kind: str
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup, then constant or cosine decay to 0 at ``total_steps``.
 
     >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)

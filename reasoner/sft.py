@@ -36,7 +36,9 @@ def encode_pairs(tokenizer, examples: list[Example]) -> list[tuple[list[int], in
     return out
 
 
-def collate(batch: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    batch: list[tuple[list[int], int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input ids [B, L], attention mask [B, L], labels [B, L] (-100 outside the solution)."""
     width = max(len(ids) for ids, _ in batch)
     ids = torch.full((len(batch), width), pad_id)
@@ -66,13 +68,17 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     model = load_policy(model_path, dtype="float32", device=device)
     model.train()
     task = get_task(cfg.task.name)
-    data = encode_pairs(tokenizer, task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed))
+    data = encode_pairs(
+        tokenizer, task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
+    )
     optimizer = make_optimizer(model.parameters(), sc.lr, sc.weight_decay)
     scheduler = make_scheduler(optimizer, sc.warmup_steps, sc.steps, sc.schedule)
 
     start, bar = time.time(), tqdm(range(sc.steps), desc="sft", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        ids, mask, labels = (t.to(device) for t in collate(rng.sample(data, sc.batch_size), tokenizer.pad_token_id))
+        ids, mask, labels = (
+            t.to(device) for t in collate(rng.sample(data, sc.batch_size), tokenizer.pad_token_id)
+        )
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), sc.max_grad_norm)
@@ -86,7 +92,9 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    (tmp / "sft_done.json").write_text(json.dumps({"key": key, "steps": sc.steps, "final_loss": loss.item(), "wall_s": time.time() - start}))
+    (tmp / "sft_done.json").write_text(
+        json.dumps({"key": key, "steps": sc.steps, "final_loss": loss.item(), "wall_s": time.time() - start})
+    )
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     print(f"[sft] {sc.steps} steps in {time.time() - start:.0f}s, final loss {loss.item():.3f} -> {out}")
@@ -96,5 +104,8 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
 def _cache_key(cfg: Config, model_path: str) -> str:
     config_file = Path(model_path) / "config.json"
     model_id = config_file.read_text() if config_file.is_file() else model_path
-    blob = json.dumps({"sft": asdict(cfg.sft), "task": asdict(cfg.task), "seed": cfg.train.seed, "model": model_id}, sort_keys=True)
+    blob = json.dumps(
+        {"sft": asdict(cfg.sft), "task": asdict(cfg.task), "seed": cfg.train.seed, "model": model_id},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -58,7 +58,9 @@ from reasoner.tasks.base import Example
 
 def train(cfg: Config, progress: bool = True) -> dict:
     t_start = time.time()
-    world = init_from_env()  # under torchrun: join the process group (nccl on CUDA, gloo on CPU); else one process
+    world = (
+        init_from_env()
+    )  # under torchrun: join the process group (nccl on CUDA, gloo on CPU); else one process
     run = Path(cfg.train.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     if world.is_main:
@@ -77,13 +79,19 @@ def train(cfg: Config, progress: bool = True) -> dict:
         model_path = broadcast_object(model_path, world)
     ckpt = latest_checkpoint(run) if cfg.train.resume else None
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
-    policy = load_policy(str(ckpt / "policy") if ckpt else model_path, "float32", device, cfg.model.attn_implementation)
+    policy = load_policy(
+        str(ckpt / "policy") if ckpt else model_path, "float32", device, cfg.model.attn_implementation
+    )
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     model = wrap_ddp(policy, world)  # the update goes through DDP; generation and checkpoints use `policy`
     reference = None
     if cfg.algo.beta > 0:
-        reference = load_policy(model_path, cfg.model.dtype, device, cfg.model.attn_implementation).eval().requires_grad_(False)
+        reference = (
+            load_policy(model_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+            .eval()
+            .requires_grad_(False)
+        )
     estimator = make_estimator(cfg, policy, model_path, device)
 
     task = get_task(cfg.task.name)
@@ -134,7 +142,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
     if "eval_before" not in history:
         history["eval_before"] = evaluate(0)
     if world.is_main:
-        print(f"[train] {task.name}: held-out score before RL {history['eval_before']:.3f} on {len(eval_set)} prompts")
+        print(
+            f"[train] {task.name}: held-out score before RL {history['eval_before']:.3f} on {len(eval_set)} prompts"
+        )
 
     progress = progress and world.is_main
     bar = tqdm(range(start_step, cfg.train.steps), desc=cfg.algo.name, disable=not progress, dynamic_ncols=True,
@@ -154,9 +164,22 @@ def train(cfg: Config, progress: bool = True) -> dict:
             engine.sleep()
             t1 = time.time()
             aligned = [examples[r.prompt_index] for r in rollouts]
-            rewards, scored, reward_metrics = score(reward_fn, format_fn, cfg.task.format_reward, rollouts, aligned)
+            rewards, scored, reward_metrics = score(
+                reward_fn, format_fn, cfg.task.format_reward, rollouts, aligned
+            )
             t2 = time.time()
-            metrics = update(cfg, model, reference, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id, device)
+            metrics = update(
+                cfg,
+                model,
+                reference,
+                estimator,
+                optimizer,
+                rollouts,
+                rewards,
+                scored,
+                tokenizer.pad_token_id,
+                device,
+            )
             scheduler.step()
             engine.sync_weights(policy)
             t3 = time.time()
@@ -178,7 +201,9 @@ def train(cfg: Config, progress: bool = True) -> dict:
         bar.close()
         checkpoint(step)
         log.close()
-        print(f"\n[train] interrupted: saved step {step} to {run}/checkpoints; continue with train.resume=true")
+        print(
+            f"\n[train] interrupted: saved step {step} to {run}/checkpoints; continue with train.resume=true"
+        )
         raise
     finally:
         stop.restore()
@@ -228,9 +253,13 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
     if rollouts[0].logprobs is not None:  # the engine reported its own log-probs (vLLM)
         engine_logp = engine_logprob_tensor(rollouts, batch.completion_mask.shape[1], device)  # [N, T]
     elif cfg.rollout.use_engine_logprobs:
-        raise ValueError("rollout.use_engine_logprobs=true needs an engine that reports log-probs (rollout.engine=vllm)")
+        raise ValueError(
+            "rollout.use_engine_logprobs=true needs an engine that reports log-probs (rollout.engine=vllm)"
+        )
     trainer_logp = torch.zeros_like(batch.completion_mask)  # [N, T] the old log-probs the loss used
-    advantages, est_metrics, keep = estimator.advantages(batch, rewards, scored, keep, old_logp, ref_logp)  # [N, T]
+    advantages, est_metrics, keep = estimator.advantages(
+        batch, rewards, scored, keep, old_logp, ref_logp
+    )  # [N, T]
     mask = batch.completion_mask * keep[:, None].float()  # [N, T]
     kl_in_loss = reference is not None and not estimator.kl_in_reward
     norm = cfg.rollout.max_new_tokens
@@ -245,7 +274,9 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
             pg, clipped = clipped_surrogate(logp, old, advantages[sl], ac.clip_low, ac.clip_high)
             if engine_logp is not None:
                 trainer_logp[sl] = old
-                if cfg.rollout.use_engine_logprobs:  # truncated importance sampling: sampled by the engine, not by us
+                if (
+                    cfg.rollout.use_engine_logprobs
+                ):  # truncated importance sampling: sampled by the engine, not by us
                     pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
             loss = pg
             if kl_in_loss:
@@ -270,14 +301,20 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
         stats |= mismatch_metrics(trainer_logp, engine_logp, batch.completion_mask, cfg.rollout.tis_cap)
     stats |= estimator.update(batch, mask)
     lengths = batch.completion_mask.sum(1)
-    return stats | est_metrics | {
-        "completion_len": lengths.mean().item(),
-        "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / n,
-        "masked_frac": 1.0 - keep.float().mean().item(),
-    }
+    return (
+        stats
+        | est_metrics
+        | {
+            "completion_len": lengths.mean().item(),
+            "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / n,
+            "masked_frac": 1.0 - keep.float().mean().item(),
+        }
+    )
 
 
-def score(reward_fn, format_fn, format_weight, rollouts, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def score(
+    reward_fn, format_fn, format_weight, rollouts, examples: list[Example]
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Rewards [N] (0 where unscored) and a mask [N] of samples that could be scored."""
     texts = [r.text for r in rollouts]
     out = reward_fn(texts, examples)
@@ -331,7 +368,9 @@ def prompt_renderer(tokenizer, cfg: Config):
     system = cfg.task.system_prompt
 
     def render(ex: Example) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": ex.prompt}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": ex.prompt}
+        ]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     return render

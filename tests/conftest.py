@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 def shared_data() -> Path:
     path = Path(os.environ.get("REASONER_SHARED_DATA", REPO.parent / "shared" / "data"))
     if not (path / "gsm8k" / "test.jsonl").is_file():
-        pytest.fail(f"benchmark data not found at {path}: the repo expects ../shared/data beside it (or set REASONER_SHARED_DATA)")
+        pytest.fail(
+            f"benchmark data not found at {path}: the repo expects ../shared/data beside it (or set REASONER_SHARED_DATA)"
+        )
     return path
 
 

@@ -5,14 +5,24 @@ from reasoner.config import ConfigError, load_config
 
 def test_defaults_follow_the_grpo_paper():
     cfg = load_config(None)
-    assert (cfg.algo.beta, cfg.algo.kl_estimator, cfg.algo.clip_low, cfg.algo.clip_high) == (0.04, "k3", 0.2, 0.2)
+    assert (cfg.algo.beta, cfg.algo.kl_estimator, cfg.algo.clip_low, cfg.algo.clip_high) == (
+        0.04,
+        "k3",
+        0.2,
+        0.2,
+    )
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("algo:\n  beta: 0.1\nrollout:\n  n: 4\noptim:\n  lr: 1e-5\n")
     cfg = load_config(path, ["rollout.n=16", "optim.betas=[0.9, 0.95]"])
-    assert cfg.algo.beta == 0.1 and cfg.rollout.n == 16 and cfg.optim.lr == 1e-5 and cfg.optim.betas == [0.9, 0.95]
+    assert (
+        cfg.algo.beta == 0.1
+        and cfg.rollout.n == 16
+        and cfg.optim.lr == 1e-5
+        and cfg.optim.betas == [0.9, 0.95]
+    )
 
 
 @pytest.mark.parametrize(

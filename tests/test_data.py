@@ -16,7 +16,9 @@ def test_gsm8k_local_files(shared_data):
 
 
 def test_humaneval_gz(shared_data):
-    rows = load_records(str(shared_data / "humaneval" / "HumanEval.jsonl.gz"), required=("task_id", "prompt", "test"))
+    rows = load_records(
+        str(shared_data / "humaneval" / "HumanEval.jsonl.gz"), required=("task_id", "prompt", "test")
+    )
     assert len(rows) == 164
 
 

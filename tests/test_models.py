@@ -7,7 +7,12 @@ from reasoner.models import build_char_tokenizer, load_tokenizer
 from reasoner.rollout import SamplingParams
 from reasoner.rollout.hf import HFEngine
 
-TEXTS = ["12 + 7 = 19\n#### 19", "Ann has 3 pens, finds 2.  How many now?\n", "\tdef f(x):\n    return x + 1\n", "~!@#$%^&*()"]
+TEXTS = [
+    "12 + 7 = 19\n#### 19",
+    "Ann has 3 pens, finds 2.  How many now?\n",
+    "\tdef f(x):\n    return x + 1\n",
+    "~!@#$%^&*()",
+]
 
 
 def test_tokenizer_round_trip_keeps_every_character(tiny_model_dir):
@@ -16,9 +21,14 @@ def test_tokenizer_round_trip_keeps_every_character(tiny_model_dir):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert len(ids) == len(text)  # one token per character
         assert tok.decode(ids) == text
-    assert json.loads((tiny_model_dir / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert (
+        json.loads((tiny_model_dir / "tokenizer_config.json").read_text())["tokenizer_class"]
+        == "PreTrainedTokenizerFast"
+    )
     assert {tok.pad_token, tok.bos_token, tok.eos_token} == {"<pad>", "<bos>", "<eos>"}
-    chat = tok.apply_chat_template([{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True)
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "user: 1+1?\nassistant:"
 
 
@@ -28,12 +38,16 @@ def test_tiny_model_loads_and_generates(tiny_model_dir):
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 3e6
     tok = load_tokenizer(str(tiny_model_dir))
     engine = HFEngine(model, tok)
-    out = engine.generate(["1+1=", "Ann has 3 pens"], SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=0))
+    out = engine.generate(
+        ["1+1=", "Ann has 3 pens"], SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=0)
+    )
     assert [r.prompt_index for r in out] == [0, 0, 0, 1, 1, 1]
     for r in out:
         assert r.finish_reason in ("stop", "length") and 1 <= len(r.completion_ids) <= 5
         assert tok.decode(r.prompt_ids) in ("1+1=", "Ann has 3 pens")
-    again = engine.generate(["1+1=", "Ann has 3 pens"], SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=0))
+    again = engine.generate(
+        ["1+1=", "Ann has 3 pens"], SamplingParams(n=3, temperature=1.0, max_new_tokens=5, seed=0)
+    )
     assert [r.text for r in out] == [r.text for r in again]  # seeded
 
 
@@ -42,7 +56,7 @@ def test_greedy_generation_matches_a_manual_argmax_loop(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     prompts = ["ab", "Ann has 12"]  # different lengths: exercises left padding
     out = HFEngine(model, tok).generate(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=6))
-    for prompt, r in zip(prompts, out):
+    for prompt, r in zip(prompts, out, strict=True):
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
         for _ in range(len(r.completion_ids)):
             nxt = model(ids).logits[0, -1].argmax()

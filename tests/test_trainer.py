@@ -2,6 +2,7 @@
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -14,20 +15,13 @@ import torch
 from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import load_config
 from reasoner.rollout import Rollout
-from reasoner.tasks import TASKS
-from reasoner.tasks.base import Example, Task
 from reasoner.trainer import train
+
+SEVEN_CLI = Path(__file__).with_name("seven_task.py")
+runpy.run_path(str(SEVEN_CLI))  # registers the "seven" task
 
 VOLATILE = ("time/", "tokens_per_s")
 
-
-def _seven(source, split, size, seed):
-    # The smallest task the random tiny model can stumble on: its last number must be 7. Scored by the real checker.
-    return [Example(prompt=f"{i}: 3+4 is\n", gold="7") for i in range(size or 64)]
-
-
-if "seven" not in TASKS:
-    TASKS.register("seven")(Task(name="seven", reward="math", load=_seven, kind="math"))
 
 SEVEN = [
     "task.name=seven", "task.eval_size=16", "rollout.n=8", "rollout.max_new_tokens=6", "train.prompts_per_step=8",
@@ -54,14 +48,31 @@ def test_grpo_end_to_end_reward_rises_and_parameters_move(tiny_model_dir, tmp_pa
     before = _params(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     after = _params(AutoModelForCausalLM.from_pretrained(tmp_path / "final"))
     assert (after - before).abs().max() > 1e-3
-    assert result["algo"] == "grpo" and result["steps"] == 30 and (tmp_path / "curves.png").stat().st_size > 1000
-    for key in ("kl", "clip_frac", "entropy", "grad_norm", "zero_variance_frac", "truncated_frac", "lr", "completion_len"):
-        assert key in rows[-1], key
+    assert (
+        result["algo"] == "grpo" and result["steps"] == 30 and (tmp_path / "curves.png").stat().st_size > 1000
+    )
+    for key in (
+        "kl",
+        "clip_frac",
+        "entropy",
+        "grad_norm",
+        "zero_variance_frac",
+        "truncated_frac",
+        "lr",
+        "completion_len",
+    ):
+        assert key in rows[-2], key  # the last row is the final evaluation
 
 
 def _run(args, out: Path):
-    cmd = [sys.executable, "-m", "reasoner", "train", "--no-progress", *args, f"train.output_dir={out}"]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    cmd = [sys.executable, str(SEVEN_CLI), "train", "--no-progress", *args, f"train.output_dir={out}"]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
 
 
 def _stable(path: Path) -> list[dict]:
@@ -71,7 +82,12 @@ def _stable(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_sigkill_and_resume_ends_with_the_same_metrics(tiny_model_dir, tmp_path):
-    args = SEVEN + [f"model.path={tiny_model_dir}", "train.steps=8", "train.save_every=3", "train.eval_every=4"]
+    args = SEVEN + [
+        f"model.path={tiny_model_dir}",
+        "train.steps=8",
+        "train.save_every=3",
+        "train.eval_every=4",
+    ]
     full = _run(args, tmp_path / "full")
     assert full.wait(timeout=600) == 0, full.stdout.read()
 
@@ -88,7 +104,10 @@ def test_sigkill_and_resume_ends_with_the_same_metrics(tiny_model_dir, tmp_path)
     assert resumed.returncode == 0, out
     assert "resumed from" in out
     assert _stable(tmp_path / "killed" / "metrics.jsonl") == _stable(tmp_path / "full" / "metrics.jsonl")
-    assert json.loads(out.strip().splitlines()[-1])["eval_after"] == json.loads((tmp_path / "full" / "result.json").read_text())["eval_after"]
+    assert (
+        json.loads(out.strip().splitlines()[-1])["eval_after"]
+        == json.loads((tmp_path / "full" / "result.json").read_text())["eval_after"]
+    )
 
 
 def test_logprobs_under_left_padding_match_unpadded_forward(tiny_model_dir):

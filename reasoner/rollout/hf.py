@@ -20,7 +20,9 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Rollout]:
-        if params.temperature == 0 and params.n > 1:  # greedy samples are identical: decode once, copy n times
+        if (
+            params.temperature == 0 and params.n > 1
+        ):  # greedy samples are identical: decode once, copy n times
             once = self.generate(prompts, replace(params, n=1))
             return [replace(r, completion_ids=list(r.completion_ids)) for r in once for _ in range(params.n)]
         if params.seed is not None:
@@ -60,7 +62,7 @@ class HFEngine:
                 completion, finish = row[: row.index(tok.eos_token_id) + 1], "stop"
             else:
                 completion, finish = row, "length"
-            prompt_ids = [t for t, m in zip(prompt_rows[i], mask_rows[i]) if m]
+            prompt_ids = [t for t, m in zip(prompt_rows[i], mask_rows[i], strict=True) if m]
             rollouts.append(
                 Rollout(
                     prompt_index=offset + i // params.n,
