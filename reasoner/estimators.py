@@ -17,6 +17,9 @@ from reasoner.registry import Registry
 
 class Estimator(Protocol):
     kl_in_reward: bool  # True: the KL penalty is part of the reward (classic RLHF), not of the loss
+    # True while the policy must not move at all (PPO's critic warm-up): the trainer skips its optimizer
+    # step, since AdamW's weight decay and momentum would move the weights even with zero gradients.
+    policy_frozen: bool
 
     def advantages(
         self,
@@ -47,6 +50,7 @@ ESTIMATORS: Registry = Registry("algorithm")
 @ESTIMATORS.register("grpo")
 class GroupEstimator:
     kl_in_reward = False
+    policy_frozen = False
 
     def __init__(self, cfg, policy=None, model_path=None, device=None):
         self.group_size, self.scale = cfg.rollout.n, cfg.algo.scale_rewards

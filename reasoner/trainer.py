@@ -265,7 +265,9 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
     norm = cfg.rollout.max_new_tokens
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     weight_of = _micro_weights(mask, mb, ac.loss_agg)
-    for _ in range(ac.inner_epochs):
+    # PPO's critic warm-up: no forward, backward or optimizer step (AdamW would move the weights anyway).
+    policy_epochs = 0 if estimator.policy_frozen else ac.inner_epochs
+    for _ in range(policy_epochs):
         for i in range(0, n, mb):
             sl = slice(i, i + mb)
             micro, m = batch.select(sl), mask[sl]

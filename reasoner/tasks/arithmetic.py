@@ -51,7 +51,9 @@ def make_problem(rng: random.Random, min_ops: int = 1, max_ops: int = 2) -> Exam
 
 def load(source: str | None, split: str, size: int | None, seed: int) -> list[Example]:
     if source is not None:
-        raise ValueError(f"the arithmetic task is generated, not loaded: leave task.train/task.test unset (got {source!r})")
+        raise ValueError(
+            f"the arithmetic task is generated, not loaded: leave task.train/task.test unset (got {source!r})"
+        )
     if split not in ("train", "test"):
         raise ValueError(f"arithmetic split must be 'train' or 'test', got {split!r}")
     test = _draw(random.Random(f"arithmetic-test-{seed}"), 2_000)

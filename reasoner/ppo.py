@@ -1,0 +1,247 @@
+"""PPO's advantage estimator: a learned critic, token-level rewards and GAE (Ouyang et al. 2022; Schulman et al. 2017).
+
+The policy side is the trainer's clipped surrogate, unchanged; this module turns a batch of scored rollouts
+into per-token advantages and trains the critic:
+
+- **Critic.** A transformer backbone (``AutoModel`` from ``algo.critic_model``, or the policy's starting
+  weights) and a scalar head. Its values sit at the same columns as ``sequence_logprobs``: the hidden state
+  at column ``P + t - 1`` values the state *before* completion token ``t`` is chosen.
+- **Token rewards.** The outcome reward lands on the last real completion token. With ``algo.kl_in_reward``
+  (classic RLHF) every token also pays ``beta * kl_t`` (estimator ``algo.kl_estimator``) and the trainer
+  leaves the KL out of the loss; otherwise the trainer adds it to the loss as in GRPO.
+- **Advantages.** GAE(``gamma``, ``lam``) against the critic's values; returns = advantages + values;
+  advantages whitened over the batch's real tokens (``algo.whiten_advantages``).
+- **Critic update.** After the policy step, ``algo.inner_epochs`` passes of the clipped value loss
+  (``algo.value_clip``, 0 = unclipped) over micro-batches, with the critic's own AdamW at ``algo.critic_lr``.
+  ``algo.vf_coef`` scales that loss; with a separate optimizer it only matters through the gradient clip.
+- **Warm-up.** For the first ``algo.critic_warmup_steps`` steps the estimator returns zero advantages and an
+  empty keep mask, so the policy takes no gradient at all (not even from a KL term) while the critic learns
+  from the frozen policy's samples; metrics carry ``critic_warmup = 1``. ``policy_frozen`` tells the trainer
+  to skip the policy's optimizer step too (weight decay and momentum would move it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reasoner.algo import gae, kl_penalty, value_loss, whiten
+from reasoner.batch import RolloutBatch, autocast
+from reasoner.estimators import ESTIMATORS
+
+
+class Critic(nn.Module):
+    """A transformer backbone and a linear value head: per-token values [N, T] over a ``RolloutBatch``."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.get_text_config().hidden_size
+        self.head = nn.Linear(hidden, 1)
+        # A zero head starts every value at 0: the first advantages are the (discounted) rewards themselves.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, device: torch.device, attn_implementation: str | None = None
+    ) -> Critic:
+        from transformers import AutoModel
+
+        kwargs = {"dtype": torch.float32}  # fp32 master weights; bf16 autocast on CUDA in forward
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        return cls(AutoModel.from_pretrained(path, **kwargs)).to(device)
+
+    def forward(self, batch: RolloutBatch) -> torch.Tensor:
+        width_c = batch.completion_mask.shape[1]  # T
+        p = batch.prompt_width  # P
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # as sequence_logprobs numbers them
+        with autocast(batch.input_ids.device):
+            hidden = self.backbone(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=positions,
+                use_cache=False,
+            ).last_hidden_state[:, p - 1 : p + width_c - 1]  # [N, T, H]: column P + t - 1 values token t
+            values = self.head(hidden).squeeze(-1)  # [N, T]
+        return values.float()
+
+
+def token_rewards(
+    rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None, beta: float = 0.0
+) -> torch.Tensor:
+    """Outcome rewards [N] placed on each row's last real token of ``mask`` [N, T], minus ``beta * kl`` [N, T].
+
+    Completions are right-padded, so the last real token is at ``mask.sum(1) - 1``; a row with no real
+    token gets nothing. Positions outside ``mask`` come back 0.
+
+    >>> mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> token_rewards(torch.tensor([1.0, 0.5]), mask).tolist()
+    [[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]]
+    >>> token_rewards(torch.tensor([1.0, 0.5]), mask, kl=torch.full((2, 3), 0.5), beta=0.5).tolist()
+    [[-0.25, -0.25, 0.75], [0.25, 0.0, 0.0]]
+    """
+    if rewards.dim() != 1 or mask.dim() != 2 or rewards.shape[0] != mask.shape[0]:
+        raise ValueError(
+            f"rewards must be [N] and mask [N, T]; got {tuple(rewards.shape)} and {tuple(mask.shape)}"
+        )
+    m = mask.bool()
+    lengths = m.sum(1)  # [N]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T]
+    rows = torch.nonzero(lengths > 0).squeeze(1)  # [N'] rows with at least one real token
+    out[rows, lengths[rows] - 1] = rewards.to(out)[rows]
+    if kl is not None and beta:
+        if kl.shape != mask.shape:
+            raise ValueError(f"kl {tuple(kl.shape)} must have the mask's shape {tuple(mask.shape)}")
+        out = out - beta * kl.float()
+    return torch.where(m, out, torch.zeros_like(out))
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``1 - Var(returns - values) / Var(returns)`` over masked tokens: 1 = perfect critic, 0 = a constant.
+
+    >>> r = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    >>> explained_variance(r, r, torch.ones(1, 4)), explained_variance(torch.zeros(1, 4), r, torch.ones(1, 4))
+    (1.0, 0.0)
+    """
+    m = mask.bool()
+    if m.sum() < 2:
+        return 0.0
+    var_returns = returns[m].var()
+    if var_returns == 0:
+        return 0.0
+    return (1.0 - (returns[m] - values[m]).var() / var_returns).item()
+
+
+@ESTIMATORS.register("ppo")
+class PPOEstimator:
+    """The ``Estimator`` for ``algo.name=ppo``; see the module docstring."""
+
+    def __init__(self, cfg, policy=None, model_path: str | None = None, device=None):
+        ac = cfg.algo
+        path = ac.critic_model or model_path
+        if path is None:
+            raise ValueError("PPO needs a critic: set algo.critic_model, or pass the policy's model_path")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.critic = Critic.from_pretrained(path, self.device, cfg.model.attn_implementation)
+        if cfg.model.gradient_checkpointing:
+            self.critic.backbone.gradient_checkpointing_enable()
+        if policy is not None:
+            _check_vocab(self.critic, policy, path)
+        self.optimizer = torch.optim.AdamW(
+            self.critic.parameters(),
+            lr=ac.critic_lr,
+            weight_decay=cfg.optim.weight_decay,
+            betas=tuple(cfg.optim.betas),
+        )
+        self.kl_in_reward = ac.kl_in_reward and ac.beta > 0  # beta = 0: no KL anywhere, no reference model
+        self.beta, self.kl_estimator = ac.beta, ac.kl_estimator
+        self.gamma, self.lam, self.whiten = ac.gamma, ac.lam, ac.whiten_advantages
+        self.value_clip = ac.value_clip if ac.value_clip > 0 else None
+        self.vf_coef, self.epochs, self.warmup = ac.vf_coef, ac.inner_epochs, ac.critic_warmup_steps
+        self.micro_batch, self.max_grad_norm = cfg.train.micro_batch_size, cfg.optim.max_grad_norm
+        self.step = 0  # critic updates taken; counts the warm-up
+        self._targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def policy_frozen(self) -> bool:
+        return self.step < self.warmup
+
+    @torch.no_grad()
+    def values(self, batch: RolloutBatch) -> torch.Tensor:
+        """Critic values [N, T] in micro-batches, without gradients."""
+        was_training = self.critic.training
+        self.critic.eval()
+        try:
+            n, mb = len(batch), self.micro_batch
+            return torch.cat([self.critic(batch.select(slice(i, i + mb))) for i in range(0, n, mb)])
+        finally:
+            self.critic.train(was_training)
+
+    def advantages(self, batch, rewards, scored, keep, old_logp, ref_logp):
+        keep = keep & scored.to(keep.device)  # [N]; unscored samples teach neither policy nor critic
+        mask = batch.completion_mask * keep[:, None].float()  # [N, T]
+        kl = None
+        if self.kl_in_reward and ref_logp is not None:
+            kl = kl_penalty(old_logp, ref_logp, self.kl_estimator)  # [N, T]
+        token_r = token_rewards(rewards.to(mask.device), mask, kl, self.beta)  # [N, T]
+        old_values = self.values(batch)  # [N, T]
+        adv, returns = gae(token_r, old_values, mask, self.gamma, self.lam)  # [N, T] each
+        self._targets = (batch.input_ids, old_values, returns, mask)
+        m = mask.bool()
+        metrics = {
+            "value/mean": _masked_mean(old_values, m),
+            "value/explained_var": explained_variance(old_values, returns, mask),
+            "returns/mean": _masked_mean(returns, m),
+            "adv/mean": _masked_mean(adv, m),
+            "adv/std": adv[m].std().item() if m.sum() > 1 else 0.0,
+            "critic_warmup": float(self.step < self.warmup),
+        }
+        if kl is not None:
+            metrics["kl_reward"] = (self.beta * (kl * mask).sum(1)).mean().item()  # per-sequence KL cost
+        if self.step < self.warmup:
+            # Policy frozen: no advantage and no token in its loss; update() still trains the critic on `mask`.
+            return torch.zeros_like(adv), metrics, torch.zeros_like(keep)
+        if self.whiten and m.sum() >= 2:
+            adv = whiten(adv, mask)
+        return adv, metrics, keep
+
+    def update(self, batch: RolloutBatch, mask: torch.Tensor) -> dict:
+        """Fit the critic to the returns of the last ``advantages`` call on the same batch.
+
+        Trains on the tokens whose returns were computed there; outside the warm-up that equals ``mask``
+        (during it the trainer's mask is empty because the policy is frozen, but the critic still learns).
+        """
+        if self._targets is None or self._targets[0] is not batch.input_ids:
+            raise RuntimeError(
+                "PPOEstimator.update() needs advantages() to have been called on this same batch first"
+            )
+        _, old_values, returns, critic_mask = self._targets
+        self._targets = None
+        n, mb = len(batch), self.micro_batch
+        tokens = critic_mask.sum().clamp(min=1)
+        stats = {"value/loss": 0.0, "value/clip_frac": 0.0, "value/grad_norm": 0.0}
+        self.critic.train()
+        for _ in range(self.epochs):
+            for i in range(0, n, mb):
+                sl = slice(i, i + mb)
+                m = critic_mask[sl]
+                if m.sum() == 0:
+                    continue
+                values = self.critic(batch.select(sl))  # [mb, T]
+                loss, clip_frac = value_loss(values, old_values[sl], returns[sl], m, self.value_clip)
+                share = (m.sum() / tokens).item()  # micro-batch token-means add up to the batch token-mean
+                (self.vf_coef * loss * share).backward()
+                stats["value/loss"] += loss.item() * share / self.epochs
+                stats["value/clip_frac"] += clip_frac.item() * share / self.epochs
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.max_grad_norm)
+            stats["value/grad_norm"] += grad_norm.item() / self.epochs
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return stats
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {"critic": self.critic}
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> float:
+    return x[m].mean().item() if m.any() else 0.0
+
+
+def _check_vocab(critic: Critic, policy: nn.Module, path: str) -> None:
+    need = policy.get_input_embeddings().num_embeddings
+    have = critic.backbone.get_input_embeddings().num_embeddings
+    if have < need:
+        raise ValueError(
+            f"critic model {path!r} has a vocabulary of {have} tokens but the policy uses {need}: "
+            "the critic reads the policy's token ids, so algo.critic_model must share its tokenizer"
+        )
