@@ -29,16 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def greedy_accuracy(engine, examples, max_new_tokens: int) -> float:
-    from reasoner.rewards import get_reward
-    from reasoner.rollout import SamplingParams
-    from reasoner.trainer import score
+def greedy_accuracy(engine, task, examples, max_new_tokens: int) -> float:
+    """Held-out accuracy exactly as training's evaluation measures it (greedy, the task's reward)."""
+    from reasoner.evaluate import evaluate_model
 
-    rollouts = engine.generate(
-        [ex.prompt for ex in examples], SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
+    report = evaluate_model(
+        engine, task, examples, max_new_tokens=max_new_tokens, progress=False, batch_prompts=256
     )
-    rewards, _, _ = score(get_reward("math"), None, 0.0, rollouts, examples)
-    return round(rewards.mean().item(), 4)
+    return round(report.metrics["accuracy"], 4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
     max_new = cfg.rollout.max_new_tokens
 
-    rows = [{"step": 0, "train_greedy": greedy_accuracy(engine, train_set, max_new),
-             "held_out_greedy": greedy_accuracy(engine, held_out, max_new)}]  # fmt: skip
+    rows = [{"step": 0, "train_greedy": greedy_accuracy(engine, task, train_set, max_new),
+             "held_out_greedy": greedy_accuracy(engine, task, held_out, max_new)}]  # fmt: skip
     print(json.dumps(rows[-1]), flush=True)
     start = time.time()
     for step in range(1, args.steps + 1):
@@ -101,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                          tokenizer.pad_token_id, torch.device("cpu"))  # fmt: skip
         if step % args.every == 0 or step == args.steps:
             rows.append({"step": step, "sampled_reward": round(rewards.mean().item(), 4),
-                         "train_greedy": greedy_accuracy(engine, train_set, max_new),
-                         "held_out_greedy": greedy_accuracy(engine, held_out, max_new),
+                         "train_greedy": greedy_accuracy(engine, task, train_set, max_new),
+                         "held_out_greedy": greedy_accuracy(engine, task, held_out, max_new),
                          "kl": round(metrics["kl"], 4)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "wall_s": round(time.time() - start, 1),
