@@ -3,9 +3,10 @@
     python benchmarks/rl_generalisation.py [--model runs/math-sft] [--prompts 32] [--steps 40] [--lr 1e-4]
         [--held-out 200] [--out benchmarks/results/rl_generalisation.json]
 
-The offline math default (``configs/math-grpo.yaml``) has not yet shown a held-out gain from GRPO on the
-tiny model: every run measured so far ended a few points *below* its supervised warm start. This script
-separates the two possible causes. It runs the trainer's own ``update`` (the same code as ``reasoner
+On an earlier version of the offline math task (one or two operations, every training solution worked
+step by step), GRPO never gained on held-out problems: every run ended a few points *below* its supervised
+warm start. (The current task gains, by learning to show its work; see the README. Whether GRPO also improves
+the arithmetic itself is still open.) This script separates the two possible causes of such a result. It runs the trainer's own ``update`` (the same code as ``reasoner
 train``: real sampling, the real math checker, the real clipped loss) on the same ``--prompts`` training
 prompts at every step, and reports greedy accuracy on those prompts and on ``--held-out`` test prompts:
 
@@ -13,8 +14,9 @@ prompts at every step, and reports greedy accuracy on those prompts and on ``--h
 - held-out accuracy that falls at the same time shows those gains do not transfer at this model size,
   learning rate and batch, which is what has to change before the offline default can show a gain.
 
-Measured here (2 CPU cores, SFT 550 steps, lr 1e-4, 32 prompts x 8 samples, beta 0): train-set greedy
-0.34 -> 0.81 in 40 steps while held-out fell 0.44 -> 0.20; freezing the (tied) embeddings changed nothing.
+Measured here on that earlier task (2 CPU cores, SFT 550 steps, lr 1e-4, 32 prompts x 8 samples, beta 0):
+train-set greedy 0.34 -> 0.81 in 40 steps while held-out fell 0.44 -> 0.20; freezing the (tied) embeddings
+changed nothing.
 """
 
 from __future__ import annotations

@@ -59,6 +59,20 @@ def test_arithmetic_splits_are_disjoint_and_deterministic():
     assert all(math_reward(e.solution, e.gold) == 1.0 for e in test)
 
 
+def test_arithmetic_training_solutions_mix_worked_and_answer_only_styles():
+    from reasoner.rewards.math import math_reward
+    from reasoner.tasks.arithmetic import ANSWER_ONLY
+
+    train = get_task("arithmetic").load(None, "train", 4000, 0)
+    answer_only = [e for e in train if e.solution == f"#### {e.gold}"]
+    assert abs(len(answer_only) / len(train) - ANSWER_ONLY) < 0.03
+    worked = [e for e in train if e.solution != f"#### {e.gold}"]
+    assert all(e.solution.count("=") in (2, 3) for e in worked)  # two or three worked steps
+    assert all(math_reward(e.solution, e.gold) == 1.0 for e in train)
+    test = get_task("arithmetic").load(None, "test", 200, 0)
+    assert all("=" in e.solution for e in test)  # test examples carry the worked solution
+
+
 def test_unknown_task_lists_valid_ones():
     with pytest.raises(KeyError, match="unknown task 'gsm9k'; valid: arithmetic"):
         get_task("gsm9k")

@@ -1,9 +1,15 @@
 """Procedural arithmetic word problems in GSM8K format: the offline default for `make train-math`.
 
-A problem starts from a number and applies one or two additions or subtractions told as a short story;
-the reference solution works it step by step and ends in ``#### <answer>``, so the math checker scores it
-exactly as it scores GSM8K. Train and test are drawn from disjoint seed streams and the test prompts are
-removed from the training set.
+A problem starts from a number and applies two or three additions or subtractions told as a short story;
+the answer ends in ``#### <answer>``, so the math checker scores it exactly as it scores GSM8K. Train and
+test are drawn from disjoint seed streams and the test prompts are removed from the training set.
+
+The training solutions come in two styles, as real answer keys do: half work the problem step by step
+(``12+7=19, 19-3=16``), half give only the final answer. Both are correct, so supervised learning imitates
+both, and a model that answers in one shot gets three-step arithmetic wrong far more often than one that
+writes the steps. The reward checks only the final answer, so what GRPO has to find out from its own samples
+is which way of answering earns it: the offline default shows RL turning a warm start that mostly guesses into
+one that shows its work (the measured figures are in the README). Test examples carry the worked solution.
 
 >>> ex = make_problem(random.Random(0))
 >>> ex.prompt.endswith("How many now?\\n") and ex.solution.endswith("#### " + ex.gold)
@@ -23,10 +29,12 @@ MORE = ["gets {n}", "buys {n}", "finds {n}", "wins {n}"]
 LESS = ["gives {n} away", "loses {n}", "sells {n}", "eats {n}"]
 MAX_START = 20
 MAX_STEP = 9
+MIN_OPS, MAX_OPS = 2, 3
+ANSWER_ONLY = 0.5  # fraction of training solutions that give only "#### <answer>"
 TRAIN_SIZE = 20_000
 
 
-def make_problem(rng: random.Random, min_ops: int = 1, max_ops: int = 2) -> Example:
+def make_problem(rng: random.Random, min_ops: int = MIN_OPS, max_ops: int = MAX_OPS) -> Example:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     total = rng.randint(2, MAX_START)
     clauses, steps = [], []
@@ -62,7 +70,12 @@ def load(source: str | None, split: str, size: int | None, seed: int) -> list[Ex
     held_out = {ex.prompt for ex in test}
     rng = random.Random(f"arithmetic-train-{seed}")
     out = [ex for ex in _draw(rng, 2 * (size or TRAIN_SIZE)) if ex.prompt not in held_out]
-    return out[: size or TRAIN_SIZE]
+    out = out[: size or TRAIN_SIZE]
+    style = random.Random(f"arithmetic-style-{seed}")  # its own stream: the prompts do not depend on it
+    for ex in out:
+        if style.random() < ANSWER_ONLY:
+            ex.solution = f"#### {ex.gold}"
+    return out
 
 
 def _draw(rng: random.Random, count: int) -> list[Example]:
