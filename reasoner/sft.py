@@ -53,7 +53,9 @@ def collate(
 def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = True) -> Path:
     """Fine-tune ``model_path`` on the task's reference solutions; save to ``out_dir`` and return it."""
     out = Path(out_dir)
-    key = _cache_key(cfg, model_path)
+    task = get_task(cfg.task.name)
+    examples = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
+    key = _cache_key(cfg, model_path, examples)
     done = out / "sft_done.json"
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         print(f"[sft] reusing {out} (same settings already trained)")
@@ -67,10 +69,7 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, dtype="float32", device=device)
     model.train()
-    task = get_task(cfg.task.name)
-    data = encode_pairs(
-        tokenizer, task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
-    )
+    data = encode_pairs(tokenizer, examples)
     optimizer = make_optimizer(model.parameters(), sc.lr, sc.weight_decay)
     scheduler = make_scheduler(optimizer, sc.warmup_steps, sc.steps, sc.schedule)
 
@@ -101,11 +100,20 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     return out
 
 
-def _cache_key(cfg: Config, model_path: str) -> str:
+def _cache_key(cfg: Config, model_path: str, examples: list[Example]) -> str:
     config_file = Path(model_path) / "config.json"
     model_id = config_file.read_text() if config_file.is_file() else model_path
+    data = hashlib.sha256()  # the data itself, so that a changed task generator is never served a stale model
+    for ex in examples:
+        data.update(f"{ex.prompt}\0{ex.solution}\0".encode())
     blob = json.dumps(
-        {"sft": asdict(cfg.sft), "task": asdict(cfg.task), "seed": cfg.train.seed, "model": model_id},
+        {
+            "sft": asdict(cfg.sft),
+            "task": asdict(cfg.task),
+            "seed": cfg.train.seed,
+            "model": model_id,
+            "data": data.hexdigest(),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

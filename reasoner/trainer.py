@@ -168,6 +168,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 reward_fn, format_fn, cfg.task.format_reward, rollouts, aligned
             )
             t2 = time.time()
+            frozen = estimator.policy_frozen  # PPO's critic warm-up: the policy's schedule waits too
             metrics = update(
                 cfg,
                 model,
@@ -180,7 +181,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
                 tokenizer.pad_token_id,
                 device,
             )
-            scheduler.step()
+            if not frozen:
+                scheduler.step()
             engine.sync_weights(policy)
             t3 = time.time()
             tokens = sum(len(r.completion_ids) for r in rollouts)

@@ -282,9 +282,11 @@ def test_ppo_end_to_end_reward_rises(tiny_model_dir, tmp_path):
 def test_resume_restores_the_critic_its_optimizer_and_the_warmup_count(tiny_model_dir, tmp_path):
     """Rewind a finished run to its step-3 checkpoint and resume: steps 4-6 must come out the same."""
     args = SEVEN + [f"model.path={tiny_model_dir}", f"train.output_dir={tmp_path}", "train.steps=6",
-                    "train.save_every=3", "algo.critic_warmup_steps=4"]  # fmt: skip
+                    "train.save_every=3", "algo.critic_warmup_steps=4", "optim.warmup_steps=2"]  # fmt: skip
     train(load_config(None, args), progress=False)
     full = _rows(tmp_path)
+    lrs = [r["lr"] for r in full if "lr" in r]  # the policy's lr schedule starts when the policy does
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 1e-3, 2e-3, 3e-3])
     ckpts = tmp_path / "checkpoints"
     shutil.rmtree(ckpts / "step-0000006")
     (ckpts / "latest").write_text("step-0000003")
@@ -308,7 +310,7 @@ def test_ppo_configs_share_the_grpo_warm_start_and_sample_budget(kind):
     configs = Path(__file__).resolve().parents[1] / "configs"
     grpo, ppo = (load_config(configs / f"{kind}-{algo}.yaml") for algo in ("grpo", "ppo"))
     assert ppo.algo.name == "ppo" and grpo.algo.name == "grpo"
-    assert _cache_key(ppo, ppo.model.path) == _cache_key(grpo, grpo.model.path)
+    assert _cache_key(ppo, ppo.model.path, []) == _cache_key(grpo, grpo.model.path, [])
     assert (
         ppo.sft == grpo.sft
         and ppo.task == grpo.task

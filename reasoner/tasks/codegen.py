@@ -13,6 +13,12 @@ argument names, so memorising prompts does not solve the task. Train and test co
 streams and test prompts are removed from the training set. The expected values of the asserts are
 computed by running the reference program here (it is our own code, never a model's).
 
+Like code scraped from the web, half the training solutions are plausible but wrong: each template has one
+typical slip (``x - 3`` for ``3 - x``, ``/`` for ``//``, ``>=`` for ``>``, ``min`` for ``max``, an index off
+by one; see ``SLIPS``), and the hidden tests always catch it. Supervised learning cannot tell the two apart
+and imitates both; the unit-test reward can, which is what `make train-code` shows GRPO learning. Test
+examples carry the correct solution.
+
 >>> ex = make_problem(random.Random(0))
 >>> print(ex.prompt + ex.solution, end="")
 def solve(xs):
@@ -80,6 +86,43 @@ TEMPLATES: list[tuple[str, str, str, Callable[[random.Random], object]]] = [
     ("list", "return {v} with {c} added to the end", "{v} + [{c}]", _ints(0, 9)),
 ]
 
+# A plausible slip for each template (docstring -> wrong body): a swapped operator, operand order or builtin,
+# or an off-by-one, the kind of bug scraped code is full of. Half the training solutions carry it; the
+# hidden tests always catch it (make_problem draws test inputs until they do).
+SLIPS: dict[str, str] = {
+    "return {v} plus {c}": "{v} - {c}",
+    "return {v} minus {c}": "{c} - {v}",
+    "return {v} times {c}": "{v} + {c}",
+    "return {v} mod {c}": "{v} // {c}",
+    "return {v} squared plus {c}": "{v} * 2 + {c}",
+    "return {c} minus {v}": "{v} - {c}",
+    "return {v} divided by {c} rounded down": "{v} / {c}",
+    "return the distance from {v} to {c}": "{v} - {c}",
+    "return the larger of {v} and {c}": "min({v}, {c})",
+    "return the smaller of {v} and {c}": "max({v}, {c})",
+    "return True if {v} is greater than {c}": "{v} >= {c}",
+    "return True if {v} is less than {c}": "{v} <= {c}",
+    "return True if {v} equals {c}": "{v} >= {c}",
+    "return True if {v} is divisible by {c}": "{c} % {v} == 0",
+    "return {p} times {c} plus {q}": "{p} * ({c} + {q})",
+    "return {p} minus {q} plus {c}": "{p} - ({q} + {c})",
+    "return {p} plus {q} times {c}": "{p} + {q} * {c}",
+    "return {v} repeated {c} times": "{v} * ({c} + 1)",
+    "return the first {c} letters of {v}": "{v}[{c}:]",
+    "return {v} without its first {c} letters": "{v}[:{c}]",
+    "return {v} followed by '{c}'": "'{c}' + {v}",
+    "return '{c}' followed by {v}": "{v} + '{c}'",
+    "return True if {v} starts with '{c}'": "{v}.endswith('{c}')",
+    "return the length of {v} plus {c}": "len({v}) - {c}",
+    "return the sum of {v} plus {c}": "len({v}) + {c}",
+    "return the item at index {c} of {v}": "{v}[{c} + 1]",
+    "return the length of {v} times {c}": "sum({v}) * {c}",
+    "return the largest item of {v} plus {c}": "min({v}) + {c}",
+    "return the first {c} items of {v}": "{v}[{c}:]",
+    "return {v} with {c} added to the end": "[{c}] + {v}",
+}
+SLIPPED = 0.5  # fraction of training solutions that carry the slip
+
 
 def _argument(kind: str, rng: random.Random, const: object) -> tuple:
     """One test input (a tuple of arguments); near the constant where the template compares against it."""
@@ -115,14 +158,15 @@ def make_problem(rng: random.Random) -> Example:
         fields, params = {"v": var, "c": const}, var
     prompt = f'def {name}({params}):\n    """{doc.format(**fields)}"""\n'
     solution = f"    return {body.format(**fields)}\n"
-    namespace: dict = {}
-    exec(prompt + solution, namespace)  # our own reference program: computes the expected values
-    reference = namespace[name]
-    while True:  # tests that a constant answer or echoing the argument would not pass
+    slip = f"    return {SLIPS[doc].format(**fields)}\n"
+    reference, slipped = _compile(prompt + solution, name), _compile(prompt + slip, name)
+    while True:  # tests that a constant answer, echoing the argument or the slip would not pass
         inputs = _distinct_inputs(kind, rng, const)
         outputs = [reference(*args) for args in inputs]
-        if len({repr(o) for o in outputs}) > 1 and any(
-            o != args[0] for o, args in zip(outputs, inputs, strict=True)
+        if (
+            len({repr(o) for o in outputs}) > 1
+            and any(o != args[0] for o, args in zip(outputs, inputs, strict=True))
+            and not all(_returns(slipped, args, o) for args, o in zip(inputs, outputs, strict=True))
         ):
             break
     tests = [
@@ -133,8 +177,27 @@ def make_problem(rng: random.Random) -> Example:
         prompt=prompt,
         gold=prompt + solution,
         solution=solution,
-        meta={"entry_point": name, "test_list": tests, "test_imports": [], "code_prefix": prompt},
+        meta={
+            "entry_point": name,
+            "test_list": tests,
+            "test_imports": [],
+            "code_prefix": prompt,
+            "slip": slip,
+        },
     )
+
+
+def _compile(source: str, name: str) -> Callable:
+    namespace: dict = {}
+    exec(source, namespace)  # our own template programs (reference and slip), never a model's
+    return namespace[name]
+
+
+def _returns(fn: Callable, args: tuple, expected: object) -> bool:
+    try:
+        return fn(*args) == expected  # what the assert checks
+    except Exception:  # the slip may raise (an index past the end): the test catches it
+        return False
 
 
 def load(source: str | None, split: str, size: int | None, seed: int) -> list[Example]:
@@ -148,8 +211,12 @@ def load(source: str | None, split: str, size: int | None, seed: int) -> list[Ex
     if split == "test":
         return test[: size or len(test)]
     held_out = {ex.prompt for ex in test}
-    size = size or TRAIN_SIZE
-    return _draw(random.Random(f"codegen-train-{seed}"), size, exclude=held_out)
+    train = _draw(random.Random(f"codegen-train-{seed}"), size or TRAIN_SIZE, exclude=held_out)
+    slips = random.Random(f"codegen-slips-{seed}")  # its own stream: the prompts do not depend on it
+    for ex in train:
+        if slips.random() < SLIPPED:
+            ex.solution = ex.meta["slip"]
+    return train
 
 
 def _draw(rng: random.Random, count: int, exclude: set[str] = frozenset()) -> list[Example]:

@@ -5,7 +5,7 @@ import pytest
 from reasoner.rewards import code
 from reasoner.rewards.code import code_reward, configure_sandbox
 from reasoner.tasks import get_task
-from reasoner.tasks.codegen import TEMPLATES, load
+from reasoner.tasks.codegen import SLIPPED, SLIPS, TEMPLATES, load
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*local backend is WEAKER"
@@ -41,6 +41,21 @@ def test_reference_passes_and_trivial_answers_fail_in_process():
         for body in (f"    return {arg}\n", "    return 0\n", "    return True\n"):
             with pytest.raises(AssertionError):  # echoing the argument or a constant never passes
                 exec(ex.prompt + body + "\n".join(ex.meta["test_list"]), {})
+
+
+def test_half_the_training_solutions_carry_a_slip_the_tests_catch():
+    train = load(None, "train", 2000, 0)
+    slipped = [e for e in train if e.solution == e.meta["slip"]]
+    assert abs(len(slipped) / len(train) - SLIPPED) < 0.04
+    for ex in train[:300]:
+        namespace: dict = {}
+        exec(ex.gold + "\n".join(ex.meta["test_list"]), namespace)  # the reference passes
+        with pytest.raises(Exception):  # noqa: B017 - the slip fails an assert or raises (an index past the end)
+            exec(ex.prompt + ex.meta["slip"] + "\n".join(ex.meta["test_list"]), {})
+    assert all(
+        e.gold == e.prompt + e.solution for e in load(None, "test", None, 0)
+    )  # test: correct solutions
+    assert set(SLIPS) == {doc for _, doc, _, _ in TEMPLATES}
 
 
 def test_every_template_is_reachable():
