@@ -20,7 +20,10 @@ def test_sft_trains_saves_and_reuses_its_cache(tiny_model_dir, tmp_path, capsys)
     out = run_sft(cfg, str(tiny_model_dir), cfg.sft.output_dir, progress=False)
     done = json.loads((out / "sft_done.json").read_text())
     assert done["steps"] == 4 and done["final_loss"] > 0
-    before, after = load_policy(str(tiny_model_dir), "float32", "cpu"), load_policy(str(out), "float32", "cpu")
+    before, after = (
+        load_policy(str(tiny_model_dir), "float32", "cpu"),
+        load_policy(str(out), "float32", "cpu"),
+    )
     assert any(not torch.equal(a, b) for a, b in zip(before.parameters(), after.parameters(), strict=True))
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     run_sft(cfg, str(tiny_model_dir), cfg.sft.output_dir, progress=False)
