@@ -110,7 +110,10 @@ def test_close_removes_the_containers():
 @pytest.mark.docker
 def test_ctrl_c_removes_the_containers():
     script = (
-        "import sys\n"
+        "import signal, sys\n"
+        # A shell's background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+        # handler: restore it, so that the test does not depend on how pytest was launched.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from sandbox import Job, Sandbox\n"
         "with Sandbox(backend='docker', workers=2) as sb:\n"
         "    print(sb._backend.pool_id, flush=True)\n"
