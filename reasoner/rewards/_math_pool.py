@@ -8,18 +8,25 @@ works on a process's main thread -- trainers that called it from threads have si
 is spent and starts a replacement in the background. A bad answer costs at most its budget; it never hangs
 a batch or the caller.
 
-Workers start from a fork server that has already imported sympy and math-verify (where the platform has
-one), so a replacement is ready in a fraction of a second. The pool is created on first use, shared by all
-threads of the process, forgotten in a forked child, and shut down at interpreter exit.
+Each worker is its own interpreter (``_math_worker``), started with the caller's ``sys.path`` and talking
+over a socket pair: unlike multiprocessing's fork server or spawn, it never imports the caller's main module,
+so the checker works from any script, ``python -c`` or a script read from stdin, with no entry-point guard.
+A replacement imports sympy afresh (about a second) in a background thread while the other workers go on.
+The pool is created on first use, shared by all threads of the process, forgotten in a forked child, and
+shut down at interpreter exit.
 """
 
 from __future__ import annotations
 
 import atexit
 import enum
+import json
 import logging
 import multiprocessing
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -32,7 +39,6 @@ INNER_FRACTION = 0.8  # the worker's own timer fires at this share of the budget
 # Importing sympy and warming up on a loaded machine can be slow; a worker that never starts is a bug.
 STARTUP_TIMEOUT_S = 120.0
 MEMORY_HEADROOM_MB = 4096  # address space a worker may add to what it has after start-up
-_WORKER_MODULES = ["reasoner.rewards._math_pool", "reasoner.rewards._math_sympy"]
 
 
 class Verdict(enum.Enum):
@@ -142,18 +148,39 @@ def _limit_memory(headroom_mb: int | None) -> None:
 class _Worker:
     __slots__ = ("process", "conn")
 
-    def __init__(self, process, conn: Connection):
+    def __init__(self, process: subprocess.Popen, conn: Connection):
         self.process, self.conn = process, conn
 
 
-def _context():
-    methods = multiprocessing.get_all_start_methods()
-    if "forkserver" in methods:
-        ctx = multiprocessing.get_context("forkserver")
-        # Only takes effect if the fork server is not running yet; otherwise workers import on start.
-        ctx.set_forkserver_preload(_WORKER_MODULES)
-        return ctx
-    return multiprocessing.get_context("spawn")
+def _start_worker(memory_headroom_mb: int | None) -> _Worker:
+    """Start one worker interpreter; it is ready when it sends ``("ready", pid)`` (see ``_start_one``)."""
+    from reasoner.rewards._math_worker import BOOT
+
+    if not sys.executable:
+        raise RuntimeError("sys.executable is empty: no Python interpreter to run math checker workers with")
+    ours, theirs = socket.socketpair()
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                BOOT,
+                json.dumps(sys.path),
+                str(theirs.fileno()),
+                "none" if memory_headroom_mb is None else str(memory_headroom_mb),
+            ],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # the protocol runs on the socket; stray prints go nowhere
+            close_fds=True,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return _Worker(process, Connection(ours.detach()))
 
 
 class WorkerPool:
@@ -172,7 +199,6 @@ class WorkerPool:
         self.size = size
         self.inner_fraction = inner_fraction  # > 1 leaves every overrun to the kill (tests use that)
         self._memory = memory_headroom_mb
-        self._ctx = _context()
         self._cond = threading.Condition()
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -241,7 +267,7 @@ class WorkerPool:
         try:
             status, payload = worker.conn.recv()
         except (EOFError, OSError):
-            log.warning("a math checker worker died (exit code %s); replacing it", worker.process.exitcode)
+            log.warning("a math checker worker died (exit code %s); replacing it", worker.process.poll())
             self._discard(worker)
             return Verdict.FAILED
         if status == "verdict":
@@ -300,16 +326,16 @@ class WorkerPool:
     def _start_one(self) -> None:
         worker, error = None, None
         try:
-            parent, child = self._ctx.Pipe(duplex=True)
-            process = self._ctx.Process(
-                target=_serve, args=(child, self._memory), name="math-checker", daemon=True
-            )
-            process.start()
-            child.close()
-            worker = _Worker(process, parent)
-            if not parent.poll(STARTUP_TIMEOUT_S):
+            worker = _start_worker(self._memory)
+            if not worker.conn.poll(STARTUP_TIMEOUT_S):
                 raise TimeoutError(f"no ready signal within {STARTUP_TIMEOUT_S:.0f}s")
-            status, _ = parent.recv()
+            try:
+                status, _ = worker.conn.recv()
+            except EOFError:
+                code = worker.process.wait(timeout=5)
+                raise RuntimeError(
+                    f"the worker exited with code {code} before it was ready (its traceback is on stderr)"
+                ) from None
             if status != "ready":
                 raise RuntimeError(f"unexpected first message {status!r}")
         except Exception as e:  # not swallowed: _checkout raises it as CheckerError in every waiting caller
@@ -345,16 +371,19 @@ class WorkerPool:
                 except OSError:
                     pass  # already gone
         for worker in workers:
-            worker.process.join(timeout=1 if worker in idle else 0)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(timeout=5)
+            try:
+                worker.process.wait(timeout=1 if worker in idle else 0.001)
+            except subprocess.TimeoutExpired:
+                _kill(worker)
             worker.conn.close()
 
 
 def _kill(worker: _Worker) -> None:
     worker.process.kill()
-    worker.process.join(timeout=5)
+    try:
+        worker.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # stuck in the kernel: it dies when it can; nothing waits on it
+        log.warning("math checker worker %d did not exit within 5s of SIGKILL", worker.process.pid)
     worker.conn.close()
 
 
@@ -364,7 +393,7 @@ _HOOKS_INSTALLED = False
 
 
 def default_workers() -> int:
-    """One worker per available CPU, at most 8 (each costs ~50 MB beside the shared fork server)."""
+    """One worker per available CPU, at most 8 (each is an interpreter with sympy loaded, ~100 MB)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

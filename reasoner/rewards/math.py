@@ -17,10 +17,9 @@ A wrong reward teaches the wrong thing, so the checker is built to be right firs
 - **Fast.** The GSM8K / arithmetic hot path (both sides plain numbers) never touches sympy or a worker;
   identical (answer, gold) pairs in a batch are checked once; the rest run on all workers in parallel.
 
-Workers are started with multiprocessing's fork server (spawn where there is none), so, as with any such
-code, a script that calls the checker must guard its entry point (``if __name__ == "__main__": main()``):
-worker processes import the main module. Without the guard the first check fails with a ``CheckerError``
-that says so.
+Workers are interpreters of their own (``python -c``, with the caller's ``sys.path``), not multiprocessing
+children: they never import the caller's main module, so the checker works from any script, ``python -c``,
+a script read from stdin or a notebook, with no ``if __name__ == "__main__"`` guard.
 
 >>> math_reward("... so she has 7 + 5 = 12 apples.\\n#### 12", "12")
 1.0
