@@ -28,21 +28,39 @@ _MAX_DIGITS = 400  # longer digit strings are not read as numbers here (Fraction
 # --- extraction ---------------------------------------------------------------------------------------
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_GSM8K = re.compile(r"####[ \t]*([^\n]*)")
-_ANSWER_IS = re.compile(r"(?i)\b(?:final\s+)?answer\s*(?:is\s*:?|:)[ \t]*(?:\*\*)?[ \t]*")
+_GSM8K = re.compile(r"####[ \t]*")
+_ANSWER_IS = re.compile(r"(?i)answer\s*(?:is\s*:?|:)[ \t]*(?:\*\*)?[ \t]*")  # after a word boundary
 _NUMBER = re.compile(
     r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?(?![\w])"
     r"|(?<![\w.])[-+]?\.\d+(?![\w])"
 )
 _MATH_DELIMS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+# A completion taking back what it said: after its final answer, that answer no longer stands.
+_REVISION = re.compile(
+    r"(?i)\b(?:actually|wait|oops|hold\s+on|hang\s+on|correction|scratch\s+that|on\s+second\s+thoughts?"
+    r"|i\s+made\s+an?\s+(?:mistake|error)|i\s+mean|sorry|let\s+me\s+re(?:check|compute|calculate|consider|do|think)"
+    r"|(?:that|this|it)(?:'s|\u2019s|\s+is|\s+was)\s+(?:wrong|incorrect|not\s+right|a\s+mistake))\b"
+    r"|(?:^|[.!?;:\n])[ \t*]*no\s*[,.!;:\u2014]"
+)
+# ... and stating the new one: "Actually no, it is 20."
+_RESTATED = re.compile(
+    r"(?i)\b(?:it|that|this|the\s+(?:correct\s+|right\s+|real\s+)?answer)(?:'s|\u2019s|\s+is|\s+should\s+be"
+    r"|\s+must\s+be|\s+would\s+be)\s*:?[ \t]*(?:\*\*)?[ \t]*"
+)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_CUT = object()  # a final answer cut off inside its delimiter: no answer at all, no fallback
 
 
 def extract_answer(text: str) -> str | None:
     """The final answer of a completion or reference solution, or None when there is none.
 
-    In order: the last well-formed ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces), the GSM8K ``#### 42``
-    line, the last "the answer is ..." / "answer: ...", else the last number in the text. Only the last
-    ``MAX_SCAN_CHARS`` characters are read.
+    The final answer is the last one the completion commits to: the last well-formed ``\\boxed{...}`` /
+    ``\\fbox{...}`` (nested braces), GSM8K ``#### 42`` line or "the answer is ..." / "answer: ...", whichever
+    comes last, else the last number in the text. An answer taken back afterwards ("Actually, no", "Wait",
+    "that's wrong") no longer stands: the answer is then what the revision states ("it is 20"), or none.
+    A final answer cut off inside its delimiter (an unclosed ``\\boxed{``, a ``####`` or "the answer is" at
+    the very end, a number inside an unclosed formula) is no answer: an earlier number does not stand in.
+    Only the last ``MAX_SCAN_CHARS`` characters are read.
 
     >>> extract_answer(r"We get $\\boxed{\\frac{1}{2}}$ and finally \\boxed{\\{1, \\frac{3}{4}\\}}.")
     '\\\\{1, \\\\frac{3}{4}\\\\}'
@@ -52,34 +70,79 @@ def extract_answer(text: str) -> str | None:
     '18'
     >>> extract_answer("First 12 apples, then 30 more: 42 in all.")
     '42'
+    >>> extract_answer("The answer is 18. Actually no, it is 20."), extract_answer("So it is $\\\\boxed{5")
+    ('20', None)
     >>> extract_answer("no digits here") is None
     True
     """
     if not isinstance(text, str):
         raise TypeError(f"extract_answer expects a str, got {type(text).__name__}")
     text = text[-MAX_SCAN_CHARS:]
-    for find in (_last_boxed, _last_gsm8k, _last_answer_is):
-        found = find(text)
-        if found is not None:
-            cleaned = _clean(found)
-            if cleaned:
-                return cleaned
-    numbers = _NUMBER.findall(text)
-    return numbers[-1].lstrip("+") if numbers else None
+    found = _last_commitment(text)
+    if found is _CUT:
+        return None
+    if found is None:
+        found = _last_number(text)
+        if found is None:
+            return None
+    answer, end = found  # type: ignore[misc]  # (answer, end) here
+    revision = _last_match(_REVISION, text, end) if end < len(text) else None
+    if revision is not None:  # taken back: only a restatement after the revision stands
+        restated = _last_match(_RESTATED, text, revision.end())
+        if restated is None:
+            return None
+        answer = _statement(text, restated.end())[0]
+    cleaned = _clean(answer)
+    return cleaned or None
 
 
-def _last_boxed(text: str) -> str | None:
-    # Try the last few boxes: a truncated completion often ends in an unclosed "\boxed{".
-    starts = [m.end() for m in _BOX.finditer(text)][-4:]
-    for start in reversed(starts):
-        content = _braced(text, start)
-        if content is not None and content.strip():
-            return content
+def _last_commitment(text: str):
+    """``(answer, end)`` of the last committed final answer, ``_CUT`` when it is cut off, or None."""
+    best = _last_boxed(text)  # (answer, end, start)
+    if best is _CUT:
+        return _CUT
+    # Only a marker after the best so far can be the last one, so look only there (this runs on every
+    # completion); one inside the box is part of it: "\boxed{\text{the answer is } 5}".
+    lo = 0 if best is None else best[1]
+    for find in (_last_gsm8k, _last_answer_is):
+        marker = find(text, lo)
+        if marker is _CUT:  # "... #### " or "the answer is" at the very end
+            return _CUT
+        if marker is not None:
+            best, lo = marker, marker[2] + 1
+    return None if best is None else best[:2]
+
+
+def _last_match(pattern: re.Pattern, text: str, start: int) -> re.Match | None:
+    last = None
+    for last in pattern.finditer(text, start):  # noqa: B007  # the last one is what we want
+        pass
+    return last
+
+
+def _last_boxed(text: str):
+    """``(content, end, start)`` of the last non-empty box, or ``_CUT`` when one of the last boxes never closes."""
+    if "box" not in text:  # (the common case; a regex scan costs more)
+        return None
+    starts = list(_BOX.finditer(text))[-4:]
+    for m in reversed(starts):
+        span = _braced_span(text, m.end())
+        if span is None:  # the text ends inside this box: a truncated answer
+            return _CUT
+        content, end = span
+        if content.strip():
+            return content, end, m.start()
     return None
 
 
 def _braced(text: str, start: int) -> str | None:
-    """The content of the brace group opening at ``text[start]`` (after spaces), or one bare token.
+    span = _braced_span(text, start)
+    return None if span is None else span[0]
+
+
+def _braced_span(text: str, start: int) -> tuple[str, int] | None:
+    """The content of the brace group opening at ``text[start]`` (after spaces), or one bare token, and the
+    index just past it.
 
     None when the group never closes (a truncated completion). A group longer than the longest answer is
     returned cut at that length, so that it scores 0 rather than letting an earlier number stand in.
@@ -91,7 +154,7 @@ def _braced(text: str, start: int) -> str | None:
         return None
     if text[i] != "{":  # "\boxed 5" (TeX allows an unbraced single token)
         token = re.match(r"[^\s${}]+", text[i:])
-        return token.group(0) if token and i > start else None
+        return (token.group(0), i + token.end()) if token and i > start else ("", i)
     depth, j, end = 0, i, min(len(text), i + 4 * MAX_ANSWER_CHARS)
     while j < end:
         c = text[j]
@@ -103,29 +166,98 @@ def _braced(text: str, start: int) -> str | None:
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1 : j]
+                return text[i + 1 : j], j + 1
         j += 1
-    return text[i + 1 : end] if end < len(text) else None
+    return (text[i + 1 : end], end) if end < len(text) else None
 
 
-def _last_gsm8k(text: str) -> str | None:
-    found = _GSM8K.findall(text)
-    return found[-1] if found else None
+def _last_gsm8k(text: str, lo: int):
+    at = text.rfind("####", lo)  # str.rfind, not a regex scan from the start
+    return None if at < 0 else _committed(text, _GSM8K.match(text, at))
 
 
-def _last_answer_is(text: str) -> str | None:
-    matches = list(_ANSWER_IS.finditer(text))
-    if not matches:
+def _last_answer_is(text: str, lo: int):
+    hi = len(text)
+    while True:  # the last "answer is" / "answer:" at or after lo, found from the end
+        at = max(text.rfind("answer", lo, hi), text.rfind("Answer", lo, hi), text.rfind("ANSWER", lo, hi))
+        if at < 0:
+            return None
+        if at == 0 or not (text[at - 1].isalnum() or text[at - 1] == "_"):
+            marker = _ANSWER_IS.match(text, at)
+            if marker is not None:
+                return _committed(text, marker)
+        hi = at + 5  # (rfind wants the whole word before hi)
+
+
+def _committed(text: str, marker: re.Match):
+    """``(answer, end, start)`` of what follows a ``####`` / "the answer is" marker; ``_CUT`` if nothing does."""
+    if _NOTHING_MORE.fullmatch(text, marker.end()):  # the text stops right after the marker: cut off
+        return _CUT
+    answer, end = _statement(text, marker.end())
+    if not answer.strip():
         return None
-    rest = text[matches[-1].end() :]
-    for left, right in _MATH_DELIMS:  # "the answer is $x^2$." -> the math span
-        if rest.startswith(left):
-            close = rest.find(right, len(left))
-            if close > 0:
-                return rest[len(left) : close]
-    line = rest.split("\n", 1)[0]
-    sentence = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0]  # "3.5" keeps its point; "5. Then" ends at 5
-    return sentence
+    return answer, end, marker.start()
+
+
+_NOTHING_MORE = re.compile(r"[\s*$:]*")
+_STOP = re.compile(r"\.(?:\s|$)|\n")  # "3.5" keeps its point; "5. Then" ends at 5
+
+
+def _statement(text: str, start: int) -> tuple[str, int]:
+    """The answer stated at ``text[start:]`` and where it ends: a math span, else up to the sentence's end."""
+    if text.startswith(("$", "\\[", "\\("), start):  # "the answer is $x^2$." -> the math span
+        for left, right in _MATH_DELIMS:
+            if text.startswith(left, start):
+                close = text.find(right, start + len(left))
+                if close > start:
+                    return text[start + len(left) : close], close + len(right)
+    stop = _STOP.search(text, start)
+    end = len(text) if stop is None else stop.start()
+    return text[start:end], end
+
+
+def _last_number(text: str) -> tuple[str, int] | None:
+    """The last number and where its sentence starts (a revision there takes it back, see extract_answer);
+    None when it is asked about (its sentence ends in "?") or sits in a formula that was cut off."""
+    last = _last_match(_NUMBER, text, 0)
+    if last is None:
+        return None
+    end = _SENTENCE_END.search(text, last.end())
+    if end is not None and end.group(0) == "?":
+        return None
+    if _inside_unclosed_formula(text, last.start()):
+        return None
+    sentence_start = max(text.rfind(c, 0, last.start()) for c in ".!?\n") + 1
+    return last.group(0).lstrip("+"), sentence_start
+
+
+def _inside_unclosed_formula(text: str, at: int) -> bool:
+    """Whether the number at ``text[at]`` is part of a formula the text stops in the middle of: inside or
+    before a LaTeX argument that never closes (``\\frac{3}{4``, ``\\frac{5}{``), or in an unclosed ``\\(`` / ``\\[``."""
+    for left, right in (("\\(", "\\)"), ("\\[", "\\]")):
+        opened = text.rfind(left, 0, at)
+        if opened >= 0 and text.find(right, opened) < 0:
+            return True
+    lo, hi = max(0, at - MAX_ANSWER_CHARS), at + 4 * MAX_ANSWER_CHARS
+    if hi < len(text):  # the text goes on long after its last number: not a formula cut around it
+        return False
+    unclosed: list[int] = []
+    i = lo
+    while i < len(text):
+        c = text[i]
+        if c == "\\":  # \{ and \} are set braces, and a command name holds no braces
+            i += 2
+            continue
+        if c == "{":
+            unclosed.append(i)
+        elif c == "}" and unclosed:
+            unclosed.pop()
+        i += 1
+    # an argument (after a command, "}", "^" or "_"), not a stray brace: "{{{5" is just text
+    return any(_ARGUMENT_BEFORE.search(text, max(0, j - 40), j) for j in unclosed)
+
+
+_ARGUMENT_BEFORE = re.compile(r"(?:\\[A-Za-z]+|[}^_])\s*$")
 
 
 def _clean(answer: str) -> str:

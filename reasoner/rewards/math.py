@@ -2,11 +2,13 @@
 
 A wrong reward teaches the wrong thing, so the checker is built to be right first, then bounded, then fast:
 
-- **Right.** ``extract_answer`` takes the final answer (last ``\\boxed{}``, GSM8K ``####``, "the answer
-  is ...", else the last number). Plain numbers, multiple-choice letters, words and identical strings are
-  decided exactly in the calling process (``_math_text``). Everything else goes to math-verify on sympy,
-  parsing the *whole* answer, and every "equal" it returns is re-checked by evaluating both sides to 50
-  digits (``_math_sympy``), which removes math-verify's known false positives (``1/2^99 == 1/2^98``,
+- **Right.** ``extract_answer`` takes the final answer: the last one the completion commits to
+  (``\\boxed{}``, GSM8K ``####`` or "the answer is ...", whichever comes last, else the last number); one
+  taken back afterwards ("Actually no, it is 20") or cut off inside its delimiter (an unclosed ``\\boxed{``)
+  does not count, and no earlier number stands in for it. Plain numbers, multiple-choice letters, words
+  and identical strings are decided exactly in the calling process (``_math_text``). Everything else goes
+  to math-verify on sympy, parsing the *whole* answer, and every "equal" it returns is re-checked by
+  evaluating both sides to 50 digits (``_math_sympy``), which removes math-verify's known false positives (``1/2^99 == 1/2^98``,
   ``1e-7 == 2e-7``, ``2 2/3 == 4/3``, ``4\\sqrt(2) == 4``...). When in doubt, an answer scores 0.
 - **Bounded.** Algebra runs in a pool of worker processes (``_math_pool``) with a per-check budget
   (``timeout_s``): a timer inside the worker ends a slow check, and a worker that still overruns is killed

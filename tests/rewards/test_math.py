@@ -275,7 +275,7 @@ EXTRACTIONS = [
     ("\\boxed{\\{1, \\frac{3}{4}\\}}", "\\{1, \\frac{3}{4}\\}"),
     ("\\fbox{7}", "7"),
     ("\\boxed 5$.", "5"),
-    ("\\boxed{3} and then the text stops at \\boxed{4", "3"),  # a truncated last box
+    ("\\boxed{3} and then the text stops at \\boxed{4", None),  # a truncated last box: no answer
     ("We find $x = \\boxed{\\dfrac{\\sqrt{3}}{2}}$", "\\dfrac{\\sqrt{3}}{2}"),
     ("She pays 3 * 2 = <<3*2=6>>6 dollars.\n#### 6", "6"),
     ("#### 1,234", "1,234"),
@@ -338,6 +338,60 @@ COMPLETIONS = [
     ("After checking, the answer is (B).", "C", 0.0),
     ("So $x = \\boxed{\\frac{1}{2^{98}}}$", "\\frac{1}{2^{99}}", 0.0),  # math-verify #14
     ("so I stopped at \\boxed{", "5", 0.0),
+    # --- issue #19: each row below scored wrong before the fix ---
+    # an answer taken back after it is stated: the last answer committed to counts, or none
+    ("The answer is 18. Actually no, it is 20.", "18", 0.0),
+    ("The answer is 18. Actually no, it is 20.", "20", 1.0),
+    ("The answer is 18. Wait, that's wrong.", "18", 0.0),
+    ("The answer is 18.\nNo, 20.", "18", 0.0),
+    ("The answer is 18. Scratch that.", "18", 0.0),
+    ("The answer is 18. Correction: it is 20.", "20", 1.0),
+    ("The final answer is 18. Let me recheck: 3 * 6 = 20.", "18", 0.0),
+    ("#### 18\nHold on, that is incorrect.", "18", 0.0),
+    ("#### 18\nOops, I made a mistake: the answer is 20.", "18", 0.0),
+    ("#### 18\nOops, I made a mistake: the answer is 20.", "20", 1.0),
+    ("$\\boxed{18}$. On second thought, it's 20.", "18", 0.0),
+    ("$\\boxed{18}$. On second thought, it's 20.", "20", 1.0),
+    ("\\fbox{18} Actually no, it is 20.", "18", 0.0),
+    ("\\boxed{18}. Hmm, wait: the answer is 20.", "18", 0.0),
+    ("\\boxed{18}. Hmm, wait: the answer is 20.", "20", 1.0),
+    # several final answers: only the last counts, whatever its form
+    ("#### 18\nThe answer is 20.", "18", 0.0),
+    ("\\boxed{18}\n#### 20", "18", 0.0),
+    ("\\boxed{18}, or if you prefer, the answer is 20", "18", 0.0),
+    # no stated answer, and the last number is taken back, or asked about
+    ("It is 18. Wait, no.", "18", 0.0),
+    ("She has 18 apples. Wait, no, she gave away 2.", "2", 0.0),
+    ("Janet has 16 eggs and eats 3. How many are left after she bakes 4?", "4", 0.0),
+    ("She had 18 apples. Did she give away 2?", "2", 0.0),
+    # a final answer cut off inside its delimiter (max_new_tokens): no answer, no last-number fallback
+    ("So it is $\\boxed{5", "5", 0.0),
+    ("So it is \\fbox{5", "5", 0.0),
+    ("2 + 3 = 5, so \\boxed{", "5", 0.0),
+    ("We get \\boxed{5} at first, then \\boxed{\\frac{5}{", "5", 0.0),
+    ("3 + 2 = 5, so\n####", "5", 0.0),
+    ("3 + 2 = 5.\n#### ", "5", 0.0),
+    ("3 + 2 = 5, so the answer is", "5", 0.0),
+    ("3 + 2 = 5, so the answer is:\n", "5", 0.0),
+    ("3 + 2 = 5. Final answer: **", "5", 0.0),
+    ("so $x = \\frac{3}{4", "4", 0.0),
+    ("so $x = \\frac{5}{", "5", 0.0),
+    ("so $x = 2^{5", "5", 0.0),
+    ("so \\(x = 12 + 3", "3", 0.0),
+    # --- issue #19 controls: what the fix must not take back (these scored right before too) ---
+    ("The answer is 18. I hope it is correct.", "18", 1.0),
+    ("The answer is 18. Let me verify: 3 * 6 = 18.", "18", 1.0),
+    ("Wait, maybe 20? No: 3 * 6 = 18. The answer is 18.", "18", 1.0),
+    ("Actually, 3 * 6 = 18, so the answer is 18.", "18", 1.0),
+    ("\\boxed{18}\n\nThe final answer is $\\boxed{18}$. I hope it is correct.", "18", 1.0),
+    ("The answer is $\\boxed{18}$.", "18", 1.0),
+    ("I think 18. Actually, it is 20.", "20", 1.0),
+    ("She pays $18.", "18", 1.0),
+    ("So $x = \\frac{3}{4}$ and y = 5", "5", 1.0),
+    ("She has 18 apples. Is that right? Yes: 18.", "18", 1.0),
+    ("#### 18\n", "18", 1.0),
+    ("The answer is 18\n\n", "18", 1.0),
+    ("Not 20 but the answer is 18. No more.", "18", 1.0),
 ]
 
 
@@ -348,10 +402,13 @@ def test_completion_table(completion, gold, score):
     assert math_reward(completion, gold) == score
 
 
-def test_extraction_prefers_box_then_gsm8k_then_answer_is_then_last_number():
+def test_the_last_stated_answer_wins_whatever_its_form_then_the_last_number():
     assert extract_answer("The answer is 3. #### 4\n\\boxed{5} and 6") == "5"
     assert extract_answer("The answer is 3.\n#### 4\nlater 6") == "4"
     assert extract_answer("The answer is 3. Then 6") == "3"
+    assert extract_answer("\\boxed{5}\n#### 4\nThe answer is 3. Then 6") == "3"
+    assert extract_answer("The answer is $\\boxed{5}$.") == "5"
+    assert extract_answer("\\boxed{5} and 6") == "5"
 
 
 def test_a_huge_box_is_not_replaced_by_a_number_inside_or_before_it():
