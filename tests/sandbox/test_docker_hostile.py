@@ -64,16 +64,36 @@ def test_process_count_is_capped(docker_sandbox, run_one, probe):
     probe(docker_sandbox)
 
 
-def test_memory_bomb_is_reported_as_memory(docker_sandbox, run_one, probe):
-    program = "chunks = []\nwhile True:\n    chunks.append(bytearray(2**24))\n"
+def test_memory_bomb_is_stopped_by_the_jobs_own_limit(docker_sandbox, run_one, probe):
+    # The job's own address-space limit (memory_mb=128), not the container's cgroup (1536 MB), stops it:
+    # the job itself sees MemoryError, after allocating less than its 128 MB.
+    program = (
+        "chunks = []\n"
+        "try:\n"
+        "    while True:\n"
+        "        chunks.append(bytearray(2**24))\n"
+        "except MemoryError:\n"
+        "    n = len(chunks)\n"
+        "    chunks.clear()\n"
+        "    print(n * 16, flush=True)\n"  # MB allocated when the limit hit
+        "    raise\n"
+    )
     result = run_one(docker_sandbox, program, memory_mb=128)
     assert result.status is Status.MEMORY and not result.passed
+    assert "MemoryError" in result.stderr
+    assert 0 < int(result.stdout) < 128
     probe(docker_sandbox)
 
 
+# The container's OOM kill count: cgroup v2 (memory.events) or v1 (memory.oom_control), whichever the host has.
 OOM_KILLS = (
-    "print([line.split()[1] for line in open('/sys/fs/cgroup/memory/memory.oom_control')\n"
-    "       if line.startswith('oom_kill ')][0])\n"
+    "import os\n"
+    "for path in ('/sys/fs/cgroup/memory.events', '/sys/fs/cgroup/memory/memory.oom_control'):\n"
+    "    if os.path.exists(path):\n"
+    "        print(next(line.split()[1] for line in open(path) if line.startswith('oom_kill ')))\n"
+    "        break\n"
+    "else:\n"
+    "    raise SystemExit('no memory cgroup file: neither memory.events (v2) nor memory.oom_control (v1)')\n"
 )
 
 
