@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -308,19 +310,28 @@ def test_humaneval_canonical_164_of_164_docker(tmp_path):
     assert report["metrics"]["examples"] == 164 and report["metrics"]["pass@1"] == 1.0
 
 
-def test_evaluate_model_with_the_tiny_model(tmp_path):
+def _tiny_engine(tmp_path):
     import torch
 
-    from reasoner.evaluate import evaluate_model
     from reasoner.models import build_tiny_model, load_policy, load_tokenizer
     from reasoner.rollout.hf import HFEngine
 
-    code.configure_sandbox(backend="local", workers=2)
     path = build_tiny_model(
         tmp_path / "tiny", hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
     )
     tok = load_tokenizer(str(path))
-    engine = HFEngine(load_policy(str(path), device=torch.device("cpu")), tok, batch_size=8)
+    return HFEngine(load_policy(str(path), device=torch.device("cpu")), tok, batch_size=8)
+
+
+def _unbiased(n: int, c: int, k: int) -> float:
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)  # Chen et al. 2021, by hand
+
+
+def test_evaluate_model_with_the_tiny_model(tmp_path):
+    from reasoner.evaluate import evaluate_model
+
+    code.configure_sandbox(backend="local", workers=2)
+    engine = _tiny_engine(tmp_path)
     task = get_task("codegen")
     examples = task.load(None, "test", 3, 0)
     report = evaluate_model(
@@ -328,9 +339,45 @@ def test_evaluate_model_with_the_tiny_model(tmp_path):
     )
     assert report.n == 2 and len(report.records) == 3
     assert all(len(r["completions"]) == 2 and set(r["scores"]) <= {0.0, 1.0} for r in report.records)
-    assert 0.0 <= report.metrics["pass@1"] <= report.metrics["pass@2"] <= 1.0
+    for k in (1, 2):  # the unbiased estimator over the per-sample records
+        expected = sum(_unbiased(2, r["scores"].count(1.0), k) for r in report.records) / 3
+        assert report.metrics[f"pass@{k}"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="greedy"):
         evaluate_model(engine, task, examples, n=2, temperature=0.0)
+
+
+def test_pass_at_k_of_the_tiny_model_on_golds_we_choose(tmp_path):
+    # The tiny model writes noise; seeded sampling writes the same noise twice. Make each prompt's gold the
+    # answer its samples give most often (or none), so we know which samples are right, then evaluate again and compare
+    # pass@k with the values computed here from our own scoring of those samples.
+    from reasoner.evaluate import evaluate_model
+    from reasoner.rewards.math import extract_answer, math_reward
+
+    engine = _tiny_engine(tmp_path)
+    task = get_task("arithmetic")
+    examples = task.load(None, "test", 6, 0)
+    n = 4
+    sample = dict(n=n, temperature=1.0, max_new_tokens=48, k_values=(2, 3), seed=7, progress=False)
+    first = evaluate_model(engine, task, examples, **sample)
+    texts = [r["completions"] for r in first.records]
+    answers = [[a for a in map(extract_answer, group) if a is not None] for group in texts]
+    # the commonest answer, except on every third prompt an answer no sample gives
+    golds = [max(a, key=a.count) if a and i % 3 else "-987654321" for i, a in enumerate(answers)]
+    chosen = [replace(ex, gold=gold) for ex, gold in zip(examples, golds, strict=True)]
+    report = evaluate_model(engine, task, chosen, **sample)
+
+    assert [r["completions"] for r in report.records] == texts  # the same samples, in the same groups
+    right = [sum(math_reward(t, g) == 1.0 for t in group) for group, g in zip(texts, golds, strict=True)]
+    assert any(0 < c < n for c in right) and 0 in right, (
+        f"want prompts with some and with no right sample: {right}"
+    )
+    assert [r["correct"] for r in report.records] == right
+    assert report.metrics["accuracy"] == pytest.approx(sum(right) / (n * len(examples)))
+    for k in (2, 3):
+        assert report.metrics[f"pass@{k}"] == pytest.approx(
+            sum(_unbiased(n, c, k) for c in right) / len(examples)
+        )
+    assert report.metrics["pass@2"] < report.metrics["pass@3"]
 
 
 def test_report_markdown_shows_unscored():
