@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from reasoner.rewards.math import default_workers, score_batch  # noqa: E402
 
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+# ../shared/data beside the repo, or $REASONER_SHARED_DATA (as in the tests)
+GSM8K = Path(os.environ.get("REASONER_SHARED_DATA", ROOT.parent / "shared" / "data")) / "gsm8k" / "test.jsonl"
 
 Example = tuple[str, str, bool]  # (completion, gold, is the completion right)
 

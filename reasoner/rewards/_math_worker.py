@@ -13,6 +13,7 @@ import sys
 # What the parent runs (``-I``: no PYTHON* variables, no user site; the parent's sys.path comes as argv[1],
 # so the worker imports exactly the modules its parent would, wherever they come from).
 BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # Ctrl-C is the parent's, even at start-up
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from reasoner.rewards._math_worker import main; main(int(sys.argv[2]))"
 )
