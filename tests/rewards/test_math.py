@@ -370,6 +370,8 @@ COMPLETIONS = [
     ("2 + 3 = 5, so \\boxed{", "5", 0.0),
     ("We get \\boxed{5} at first, then \\boxed{\\frac{5}{", "5", 0.0),
     ("3 + 2 = 5, so\n####", "5", 0.0),
+    ("#### 5\n####", "5", 0.0),
+    ("The answer is 5. So \\boxed{", "5", 0.0),
     ("3 + 2 = 5.\n#### ", "5", 0.0),
     ("3 + 2 = 5, so the answer is", "5", 0.0),
     ("3 + 2 = 5, so the answer is:\n", "5", 0.0),
