@@ -177,16 +177,18 @@ def _last_gsm8k(text: str, lo: int):
 
 
 def _last_answer_is(text: str, lo: int):
-    hi = len(text)
-    while True:  # the last "answer is" / "answer:" at or after lo, found from the end
-        at = max(text.rfind("answer", lo, hi), text.rfind("Answer", lo, hi), text.rfind("ANSWER", lo, hi))
+    # The last "answer is" / "answer:" at or after lo, found from the end: each spelling's last place, and
+    # after a miss the one before it (so "answer answer ..." costs one pass, not one per word).
+    last = {word: text.rfind(word, lo) for word in ("answer", "Answer", "ANSWER")}
+    while True:
+        word, at = max(last.items(), key=lambda item: item[1])
         if at < 0:
             return None
         if at == 0 or not (text[at - 1].isalnum() or text[at - 1] == "_"):
             marker = _ANSWER_IS.match(text, at)
             if marker is not None:
                 return _committed(text, marker)
-        hi = at + 5  # (rfind wants the whole word before hi)
+        last[word] = text.rfind(word, lo, at + len(word) - 1)
 
 
 def _committed(text: str, marker: re.Match):
