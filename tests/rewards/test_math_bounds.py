@@ -75,8 +75,20 @@ def test_hostile_answers_are_bounded_from_a_thread_too():
         ("1" * 3_000_000, 0.0),
         ("\\boxed{" * 100_000, 0.0),
         ("{" * 1_000_000 + "5", 1.0),  # the last number stands
+        ("answer " * 200_000 + "5", 1.0),  # no "answer is": the last number
+        ("The answer is 5. " + "Wait, it is " * 100_000, 0.0),  # taken back, restated as nothing
+        ("\\frac{1}{" * 100_000, 0.0),  # cut off inside a formula
     ],
-    ids=["long text", "huge box", "huge number", "many open boxes", "unbalanced braces"],
+    ids=[
+        "long text",
+        "huge box",
+        "huge number",
+        "many open boxes",
+        "unbalanced braces",
+        "many 'answer' words",
+        "many revisions",
+        "many open fractions",
+    ],
 )
 def test_megabytes_of_text_are_scored_quickly(completion, score):
     start = time.monotonic()
