@@ -179,6 +179,8 @@ def _last_gsm8k(text: str, lo: int):
 def _last_answer_is(text: str, lo: int):
     # The last "answer is" / "answer:" at or after lo, found from the end: each spelling's last place, and
     # after a miss the one before it (so "answer answer ..." costs one pass, not one per word).
+    if text.find("nswer", lo) < 0 and text.find("NSWER", lo) < 0:  # the common case, on every completion
+        return None
     last = {word: text.rfind(word, lo) for word in ("answer", "Answer", "ANSWER")}
     while True:
         word, at = max(last.items(), key=lambda item: item[1])
