@@ -166,7 +166,10 @@ def feedback_kind(body: Any) -> str | None:
 
 
 Feedback = Annotated[
-    Annotated[RatingFeedback, Tag("rating")] | Annotated[ChoiceFeedback, Tag("choice")] | Annotated[TieFeedback, Tag("tie")] | Annotated[RankingFeedback, Tag("ranking")],
+    Annotated[RatingFeedback, Tag("rating")]
+    | Annotated[ChoiceFeedback, Tag("choice")]
+    | Annotated[TieFeedback, Tag("tie")]
+    | Annotated[RankingFeedback, Tag("ranking")],
     Discriminator(
         feedback_kind,
         custom_error_type="feedback_kind",
