@@ -2,7 +2,11 @@
 
 The only module of ``reasoner.serve`` that speaks SQL. A SQLite file (WAL, ``synchronous=FULL``) is the default;
 any SQLAlchemy URL works (``postgresql+psycopg://...`` when several server replicas share one store). Every write
-is one transaction committed before the method returns, so a row the server has acknowledged survives a kill -9.
+method returns only after its transaction has committed, so a row the server has acknowledged survives a kill -9.
+
+Writes go through one committer thread per store (**group commit**): the writes that arrive while a commit is
+under way are applied together in the next transaction, so 16 concurrent writers pay one fsync, not 16. A write
+that fails its own checks (an unknown ref, say) fails alone: checks run before a write's first insert.
 
 The schema carries a version (table ``schema_version``); ``MIGRATIONS[i]`` upgrades version ``i`` to ``i + 1``
 and runs once, in its own transaction, when a store is opened on an older database.
@@ -18,6 +22,8 @@ True
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -137,6 +143,9 @@ class FeedbackStore:
         if self.is_sqlite:
             self._sqlite_setup(sqlite_synchronous)
         self._migrate()
+        self._writes: queue.SimpleQueue = queue.SimpleQueue()
+        self._committer: threading.Thread | None = None
+        self._committer_lock = threading.Lock()
 
     def _sqlite_setup(self, synchronous: str) -> None:
         @sa.event.listens_for(self.engine, "connect")
@@ -157,6 +166,69 @@ class FeedbackStore:
 
     def _tx(self):
         return self.engine.begin()
+
+    # --- group commit -------------------------------------------------------------------------------------
+    def _write(self, fn: Callable[[sa.Connection], Any]) -> Any:
+        """Run ``fn(conn)`` in a transaction shared with the writes queued beside it; return once committed.
+
+        ``fn`` must do its checks before its first write: an exception from it (NotFound, ...) is re-raised
+        here and the other writes of the batch go on.
+        """
+        if self._committer is None:
+            with self._committer_lock:
+                if self._committer is None:
+                    self._committer = threading.Thread(
+                        target=self._commit_loop, name="store-commit", daemon=True
+                    )
+                    self._committer.start()
+        done = threading.Event()
+        slot: list = []
+        self._writes.put((fn, slot, done))
+        done.wait()
+        ok, value = slot[0]
+        if not ok:
+            raise value
+        return value
+
+    def _commit_loop(self) -> None:
+        while True:
+            batch = [self._writes.get()]
+            if batch[0] is None:
+                return
+            while len(batch) < 512:
+                try:
+                    job = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._writes.put(None)  # stop after this batch
+                    break
+                batch.append(job)
+            try:
+                results = self._apply(batch)
+            except (IntegrityError, sa.exc.OperationalError):
+                # e.g. another replica inserted the same Idempotency-Key first: run each write on its own
+                results = []
+                for job in batch:
+                    try:
+                        results += self._apply([job])
+                    except Exception as e:  # this write's own failure, handed to its caller
+                        results.append((False, e))
+            except Exception as e:  # a failed commit fails every write of the batch, loudly, to its caller
+                results = [(False, e)] * len(batch)
+            for (_fn, slot, done), result in zip(batch, results, strict=True):
+                slot.append(result)
+                done.set()
+
+    def _apply(self, batch) -> list[tuple[bool, Any]]:
+        results = []
+        with self._tx() as conn:
+            for fn, _slot, _done in batch:
+                try:
+                    results.append((True, fn(conn)))
+                except (NotFound, IdempotencyConflict, ValueError) as e:
+                    results.append((False, e))
+        return results
 
     # --- schema -------------------------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -197,7 +269,8 @@ class FeedbackStore:
     ) -> str:
         cid = completion_id or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         finish_reasons = finish_reasons or ["stop"] * len(texts)
-        with self._tx() as conn:
+
+        def write(conn):
             conn.execute(
                 completions_t.insert().values(
                     id=cid,
@@ -217,7 +290,9 @@ class FeedbackStore:
                     for i, (t, f) in enumerate(zip(texts, finish_reasons, strict=True))
                 ],
             )
-        return cid
+            return cid
+
+        return self._write(write)
 
     def completion(self, completion_id: str) -> dict:
         with self.engine.connect() as conn:
@@ -253,69 +328,63 @@ class FeedbackStore:
         """
         if kind not in FEEDBACK_KINDS:
             raise ValueError(f"unknown feedback kind {kind!r}; valid: {', '.join(FEEDBACK_KINDS)}")
-        for _attempt in range(3):
-            try:
-                return self._record_feedback_once(
-                    kind, refs, rating, reason, comment, both_bad, user, idempotency_key, body_hash
-                )
-            except IntegrityError:
-                if idempotency_key is None:
-                    raise
-                # another request with the same key committed first: the loop reads its row
-        raise RuntimeError(f"could not record feedback with Idempotency-Key {idempotency_key!r}")
+        return self._write(
+            lambda conn: self._feedback_write(
+                conn, kind, refs, rating, reason, comment, both_bad, user, idempotency_key, body_hash
+            )
+        )
 
-    def _record_feedback_once(
-        self, kind, refs, rating, reason, comment, both_bad, user, idempotency_key, body_hash
+    def _feedback_write(
+        self, conn, kind, refs, rating, reason, comment, both_bad, user, idempotency_key, body_hash
     ) -> dict:
-        with self._tx() as conn:
-            if idempotency_key is not None:
-                prior = conn.execute(
-                    sa.select(feedback_t.c.id, feedback_t.c.body_hash).where(
-                        feedback_t.c.idempotency_key == idempotency_key
-                    )
-                ).first()
-                if prior is not None:
-                    if body_hash is not None and prior.body_hash != body_hash:
-                        raise IdempotencyConflict(
-                            f"Idempotency-Key {idempotency_key!r} was already used with a different body"
-                        )
-                    return {"id": prior.id, "created": False}
-            prompts = set()
-            for cid, choice in refs:
-                row = conn.execute(
-                    sa.select(completions_t.c.prompt)
-                    .select_from(
-                        completions_t.join(choices_t, choices_t.c.completion_id == completions_t.c.id)
-                    )
-                    .where(choices_t.c.completion_id == cid, choices_t.c.idx == choice)
-                ).first()
-                if row is None:
-                    raise NotFound(f"unknown response {{completion_id: {cid!r}, choice: {choice}}}")
-                prompts.add(row.prompt)
-            if len(prompts) > 1:
-                raise ValueError(f"{kind} feedback must compare responses to the same prompt")
-            fid = f"fb-{uuid.uuid4().hex}"
-            conn.execute(
-                feedback_t.insert().values(
-                    id=fid,
-                    created_at=time.time(),
-                    kind=kind,
-                    rating=rating,
-                    reason=reason,
-                    comment=comment,
-                    both_bad=both_bad,
-                    user=user,
-                    idempotency_key=idempotency_key,
-                    body_hash=body_hash,
+        # checks first, then the writes (see _write)
+        if idempotency_key is not None:
+            prior = conn.execute(
+                sa.select(feedback_t.c.id, feedback_t.c.body_hash).where(
+                    feedback_t.c.idempotency_key == idempotency_key
                 )
+            ).first()
+            if prior is not None:
+                if body_hash is not None and prior.body_hash != body_hash:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {idempotency_key!r} was already used with a different body"
+                    )
+                return {"id": prior.id, "created": False}
+        prompts = set()
+        for cid, choice in refs:
+            row = conn.execute(
+                sa.select(completions_t.c.prompt)
+                .select_from(completions_t.join(choices_t, choices_t.c.completion_id == completions_t.c.id))
+                .where(choices_t.c.completion_id == cid, choices_t.c.idx == choice)
+            ).first()
+            if row is None:
+                raise NotFound(f"unknown response {{completion_id: {cid!r}, choice: {choice}}}")
+            prompts.add(row.prompt)
+        if len(prompts) > 1:
+            raise ValueError(f"{kind} feedback must compare responses to the same prompt")
+        fid = f"fb-{uuid.uuid4().hex}"
+        conn.execute(
+            feedback_t.insert().values(
+                id=fid,
+                created_at=time.time(),
+                kind=kind,
+                rating=rating,
+                reason=reason,
+                comment=comment,
+                both_bad=both_bad,
+                user=user,
+                idempotency_key=idempotency_key,
+                body_hash=body_hash,
             )
-            conn.execute(
-                feedback_items_t.insert(),
-                [
-                    {"feedback_id": fid, "position": i, "completion_id": cid, "choice": choice}
-                    for i, (cid, choice) in enumerate(refs)
-                ],
-            )
+        )
+        conn.execute(
+            feedback_items_t.insert(),
+            [
+                {"feedback_id": fid, "position": i, "completion_id": cid, "choice": choice}
+                for i, (cid, choice) in enumerate(refs)
+            ],
+        )
+
         return {"id": fid, "created": True}
 
     def count_feedback(self, since: float | None = None, kind: str | None = None) -> int:
@@ -477,6 +546,10 @@ class FeedbackStore:
                 conn.execute(state_t.insert().values(key=key, value=data, updated_at=time.time()))
 
     def close(self) -> None:
+        if self._committer is not None:
+            self._writes.put(None)
+            self._committer.join()
+            self._committer = None
         self.engine.dispose()
 
 

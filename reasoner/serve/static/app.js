@@ -61,8 +61,8 @@ function addAssistant(text, ref, version) {
   m.appendChild(who);
   m.appendChild(el("pre", "text", text));
   const bar = el("div", "rate");
-  const up = el("button", "thumb-up", "👍");
-  const down = el("button", "thumb-down", "👎");
+  const up = el("button", "thumb-up", "▲ good");
+  const down = el("button", "thumb-down", "▼ bad");
   up.title = "good answer";
   down.title = "bad answer";
   const reason = el("select", "reason");
