@@ -78,6 +78,17 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
+def run_threads(target, arg_tuples: list[tuple]) -> float:
+    """Run ``target(*args)`` on one thread per tuple, all at once; the wall time until the last one ends."""
+    threads = [threading.Thread(target=target, args=a) for a in arg_tuples]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def drive(url: str, clients: int, requests: int, body: dict) -> dict:
     """``requests`` chat requests from ``clients`` threads; throughput and latency."""
     latencies: list[float] = []
@@ -98,13 +109,7 @@ def drive(url: str, clients: int, requests: int, body: dict) -> dict:
                 (latencies.append(dt) if status == 200 else errors.append(str(data)[:200]))
         c.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(client, [() for _ in range(clients)])
     if errors:
         raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
     return {
@@ -156,13 +161,7 @@ def feedback_writers(url: str, db: Path, writers: int, posts: int) -> dict:
                 (acked.append(data["id"]) if status == 201 else failed.append(str(data)[:200]))
         c.close()
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_threads(writer, [(w,) for w in range(writers)])
     stored = FeedbackStore(str(db)).count_feedback() - before
     return {
         "writers": writers,
