@@ -5,6 +5,7 @@ Routes (reasoner.serve.app) validate and translate; this module holds the logic;
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -161,7 +162,7 @@ class ServeService:
         self._check_length(prompts, params, param)
         return await self.batcher.generate(prompts, params, stop)
 
-    def record(self, kind: str, prompt: str, gen: Generated, index: int, req, messages=None) -> str:
+    async def record(self, kind: str, prompt: str, gen: Generated, index: int, req, messages=None) -> str:
         """Store one prompt's completions (committed before the response goes out); returns the completion id."""
         sampling = {
             "n": req.n, "temperature": req.temperature, "top_p": req.top_p,
@@ -169,19 +170,26 @@ class ServeService:
             "seed": req.seed, "stop": req.stop,
         }  # fmt: skip
         choices = gen.choices[index]
-        return self.store.record_completion(
-            prompt=prompt,
-            texts=[c.text for c in choices],
-            finish_reasons=[c.finish_reason for c in choices],
-            version=gen.version,
-            sampling=sampling,
-            messages=messages,
-            user=req.user,
-            kind=kind,
+        return await self._committed(
+            self.store.submit_completion(
+                prompt=prompt,
+                texts=[c.text for c in choices],
+                finish_reasons=[c.finish_reason for c in choices],
+                version=gen.version,
+                sampling=sampling,
+                messages=messages,
+                user=req.user,
+                kind=kind,
+            )
         )
 
+    @staticmethod
+    async def _committed(future):
+        """Wait for a store write without holding a thread: the event loop serves others meanwhile."""
+        return await asyncio.wrap_future(future)
+
     # --- feedback -----------------------------------------------------------------------------------------
-    def feedback(self, body, idempotency_key: str | None) -> dict:
+    async def feedback(self, body, idempotency_key: str | None) -> dict:
         from reasoner.serve import schemas
         from reasoner.serve.store import IdempotencyConflict, NotFound
 
@@ -198,16 +206,18 @@ class ServeService:
             raise ServiceError(422, f"{field}: the same response appears twice", field)
         digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
         try:
-            return self.store.record_feedback(
-                kind,
-                pairs,
-                rating=getattr(body, "rating", None),
-                reason=body.reason,
-                comment=body.comment,
-                both_bad=getattr(body, "both_bad", False),
-                user=body.user,
-                idempotency_key=idempotency_key,
-                body_hash=digest,
+            return await self._committed(
+                self.store.submit_feedback(
+                    kind,
+                    pairs,
+                    rating=getattr(body, "rating", None),
+                    reason=body.reason,
+                    comment=body.comment,
+                    both_bad=getattr(body, "both_bad", False),
+                    user=body.user,
+                    idempotency_key=idempotency_key,
+                    body_hash=digest,
+                )
             )
         except NotFound as e:
             raise ServiceError(404, str(e), field, "not_found_error") from e

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +184,12 @@ class FeedbackStore:
         return self.engine.begin()
 
     # --- group commit -------------------------------------------------------------------------------------
-    def _write(self, fn: Callable[[sa.Connection], Any]) -> Any:
-        """Run ``fn(conn)`` in a transaction shared with the writes queued beside it; return once committed.
+    def _write(self, fn: Callable[[sa.Connection], Any]) -> Future:
+        """Queue ``fn(conn)`` to run in a transaction shared with the writes queued beside it; the future
+        resolves once that transaction has committed (``.result()`` to wait, ``asyncio.wrap_future`` to await).
 
-        ``fn`` must do its checks before its first write: an exception from it (NotFound, ...) is re-raised
-        here and the other writes of the batch go on.
+        ``fn`` must do its checks before its first write: an exception from it (NotFound, ...) goes to its
+        future and the other writes of the batch go on.
         """
         if self._committer is None:
             with self._committer_lock:
@@ -196,14 +198,9 @@ class FeedbackStore:
                         target=self._commit_loop, name="store-commit", daemon=True
                     )
                     self._committer.start()
-        done = threading.Event()
-        slot: list = []
-        self._writes.put((fn, slot, done))
-        done.wait()
-        ok, value = slot[0]
-        if not ok:
-            raise value
-        return value
+        future: Future = Future()
+        self._writes.put((fn, future))
+        return future
 
     def _commit_loop(self) -> None:
         while True:
@@ -231,14 +228,13 @@ class FeedbackStore:
                         results.append((False, e))
             except Exception as e:  # a failed commit fails every write of the batch, loudly, to its caller
                 results = [(False, e)] * len(batch)
-            for (_fn, slot, done), result in zip(batch, results, strict=True):
-                slot.append(result)
-                done.set()
+            for (_fn, future), (ok, value) in zip(batch, results, strict=True):
+                future.set_result(value) if ok else future.set_exception(value)
 
     def _apply(self, batch) -> list[tuple[bool, Any]]:
         results = []
         with self._tx() as conn:
-            for fn, _slot, _done in batch:
+            for fn, _future in batch:
                 try:
                     results.append((True, fn(conn)))
                 except (NotFound, IdempotencyConflict, ValueError) as e:
@@ -270,7 +266,11 @@ class FeedbackStore:
             return conn.execute(sa.select(schema_version.c.version)).scalar_one()
 
     # --- completions --------------------------------------------------------------------------------------
-    def record_completion(
+    def record_completion(self, *args, **kwargs) -> str:
+        """Store a prompt's completions; returns the completion id once committed (see ``submit_completion``)."""
+        return self.submit_completion(*args, **kwargs).result()
+
+    def submit_completion(
         self,
         prompt: str,
         texts: list[str],
@@ -281,7 +281,7 @@ class FeedbackStore:
         user: str | None = None,
         kind: str = "chat",
         completion_id: str | None = None,
-    ) -> str:
+    ) -> Future:
         cid = completion_id or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         finish_reasons = finish_reasons or ["stop"] * len(texts)
 
@@ -325,7 +325,11 @@ class FeedbackStore:
         return out
 
     # --- feedback -----------------------------------------------------------------------------------------
-    def record_feedback(
+    def record_feedback(self, *args, **kwargs) -> dict:
+        """Record one feedback row; ``{"id", "created"}`` once committed (see ``submit_feedback``)."""
+        return self.submit_feedback(*args, **kwargs).result()
+
+    def submit_feedback(
         self,
         kind: str,
         refs: list[tuple[str, int]],
@@ -336,10 +340,11 @@ class FeedbackStore:
         user: str | None = None,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
-    ) -> dict:
-        """Record one feedback row; ``{"id", "created"}`` (created False: an idempotent retry).
+    ) -> Future:
+        """Queue one feedback row; the future gives ``{"id", "created"}`` once committed (created False: an
+        idempotent retry).
 
-        Raises ``NotFound`` for a ref the store does not hold, ``ValueError`` for refs to different prompts
+        The future raises ``NotFound`` for a ref the store does not hold, ``ValueError`` for refs to different prompts
         (choices, ties, rankings compare answers to one prompt), ``IdempotencyConflict`` for a reused key.
         """
         if kind not in FEEDBACK_KINDS:

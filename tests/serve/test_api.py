@@ -278,3 +278,10 @@ def test_hot_swap_keeps_requests_in_flight(tiny_model_dir, tmp_path):
         assert c.get("/health").json()["version"] == "v2"
     finally:
         h.stop()
+
+
+def test_text_completions_take_one_prompt(client):
+    r = client.post("/v1/completions", json={"prompt": ["1 + 1 = "], "max_tokens": 3})
+    assert r.status_code == 200 and r.json()["object"] == "text_completion"
+    r = client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
