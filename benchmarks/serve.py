@@ -6,7 +6,8 @@ Two real `reasoner serve` processes on free localhost ports, on the same model, 
 - one-at-a-time: ``serve.max_batch=1``, every request gets its own ``generate`` call (the baseline);
 - batched: the default, requests arriving within ``serve.batch_window_ms`` share one call.
 Each is driven by 1, 8 and 32 concurrent HTTP clients (threads in this process) sending the same chat request
-(temperature 1.0, ``--max-tokens`` tokens); requests/s over the whole level and p50/p99 latency per request.
+(temperature 1.0, ``--max-tokens`` tokens); requests/s over the whole level and p50/p99 latency per request,
+from the median of ``--repeats`` runs (all runs' requests/s are kept).
 Then 16 writers post thumbs ratings to ``/v1/feedback`` on the batched server's SQLite store
 (WAL, synchronous=FULL): posts/s, and the count of stored rows must equal the count of 201s (zero lost).
 Targets: batched throughput at 32 clients >= 4x one-at-a-time; >= 500 feedback posts/s.
@@ -181,6 +182,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--requests-per-client", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per level; the median is reported")
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--posts-per-writer", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each server (serve.cpu_threads)")
@@ -209,13 +211,23 @@ def main() -> int:
                 drive(url, 2, 4, body)  # warm-up
                 result[name] = []
                 for clients in levels:
-                    row = drive(url, clients, clients * args.requests_per_client, body)
+                    # the median of a few runs: other jobs on a shared machine make single runs noisy
+                    runs = [
+                        drive(url, clients, clients * args.requests_per_client, body)
+                        for _ in range(args.repeats)
+                    ]
+                    row = sorted(runs, key=lambda r: r["req_per_s"])[len(runs) // 2]
+                    row["runs_req_per_s"] = [r["req_per_s"] for r in runs]
                     result[name].append(row)
                     print(json.dumps({"server": name, **row}), flush=True)
                 if name == "batched":
-                    result["feedback"] = feedback_writers(
-                        url, tmp / f"{name}.db", args.writers, args.posts_per_writer
-                    )
+                    runs = [
+                        feedback_writers(url, tmp / f"{name}.db", args.writers, args.posts_per_writer)
+                        for _ in range(args.repeats)
+                    ]
+                    result["feedback"] = sorted(runs, key=lambda r: r["posts_per_s"])[len(runs) // 2]
+                    result["feedback"]["runs_posts_per_s"] = [r["posts_per_s"] for r in runs]
+                    result["feedback"]["lost_in_any_run"] = sum(r["lost"] + r["failed"] for r in runs)
                     print(json.dumps({"feedback": result["feedback"]}), flush=True)
             finally:
                 stop(proc)
@@ -224,10 +236,13 @@ def main() -> int:
     batched = next(r for r in result["batched"] if r["clients"] == top)["req_per_s"]
     fb = result["feedback"]
     result["speedup_at_max_clients"] = round(batched / base, 2)
+    # the stricter comparison: against one-at-a-time at whichever concurrency served it best
+    best = max(r["req_per_s"] for r in result["one_at_a_time"])
+    result["speedup_vs_best_one_at_a_time"] = round(batched / best, 2)
     result["targets"] = {
         f"batched_vs_one_at_a_time_at_{top}_clients>=4": result["speedup_at_max_clients"] >= 4,
         "feedback_posts_per_s>=500": fb["posts_per_s"] >= 500,
-        "feedback_zero_lost": fb["lost"] == 0 and fb["failed"] == 0,
+        "feedback_zero_lost": fb["lost_in_any_run"] == 0,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -235,14 +250,15 @@ def main() -> int:
         json.dumps(
             {
                 "speedup": result["speedup_at_max_clients"],
+                "speedup_vs_best_one_at_a_time": result["speedup_vs_best_one_at_a_time"],
                 "feedback_posts_per_s": fb["posts_per_s"],
-                "lost": fb["lost"],
+                "lost": fb["lost_in_any_run"],
                 "targets": result["targets"],
                 "out": args.out,
             }
         )
     )
-    return 0 if fb["lost"] == 0 and fb["failed"] == 0 else 1
+    return 0 if fb["lost_in_any_run"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -40,14 +40,14 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
-def service(request: Request) -> ServeService:
+async def service(request: Request) -> ServeService:  # async: FastAPI runs sync dependencies on a thread
     return request.app.state.service
 
 
 Service = Annotated[ServeService, Depends(service)]
 
 
-def require_api_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_api_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
     key = svc.cfg.api_key
     if key is not None and not secrets.compare_digest((_bearer(authorization) or "").encode(), key.encode()):
         raise ServiceError(
@@ -58,7 +58,7 @@ def require_api_key(svc: Service, authorization: Annotated[str | None, Header()]
         )
 
 
-def require_admin_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
     key = svc.cfg.admin_key
     if key is None:
         raise ServiceError(
