@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -145,6 +146,7 @@ def feedback_writers(url: str, db: Path, writers: int, posts: int) -> dict:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as c:
         cid = c.post("/v1/chat/completions", json={"messages": CHAT, "n": 2, "max_tokens": 4}).json()["id"]
     before = FeedbackStore(str(db)).count_feedback()
+    run = uuid.uuid4().hex[:8]  # fresh Idempotency-Keys per run: a reused key with another body is a 409
     acked: list[str] = []
     failed: list[str] = []
     lock = threading.Lock()
@@ -157,7 +159,7 @@ def feedback_writers(url: str, db: Path, writers: int, posts: int) -> dict:
                 "rating": 1 if i % 3 else -1,
                 "user": f"w{w}",
             }
-            status, data = c.post("/v1/feedback", body, {"Idempotency-Key": f"bench-{w}-{i}"})
+            status, data = c.post("/v1/feedback", body, {"Idempotency-Key": f"bench-{run}-{w}-{i}"})
             with lock:
                 (acked.append(data["id"]) if status == 201 else failed.append(str(data)[:200]))
         c.close()
