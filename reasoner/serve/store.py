@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -176,12 +177,19 @@ class FeedbackStore:
 
         @sa.event.listens_for(self.engine, "begin")
         def _begin(conn):
-            # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes can
-            # fail with SQLITE_BUSY without waiting when another writer committed in between.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writes take the write lock up front (IMMEDIATE): a deferred transaction that reads and then writes
+            # can fail with SQLITE_BUSY without waiting when another writer committed in between. Reads
+            # (``_read``) begin deferred and never block the writer (WAL).
+            read = conn.get_execution_options().get("reasoner_read", False)
+            conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
     def _tx(self):
         return self.engine.begin()
+
+    @contextlib.contextmanager
+    def _read(self):
+        with self.engine.connect() as conn:
+            yield conn.execution_options(reasoner_read=True)
 
     # --- group commit -------------------------------------------------------------------------------------
     def _write(self, fn: Callable[[sa.Connection], Any]) -> Future:
@@ -262,7 +270,7 @@ class FeedbackStore:
                 conn.execute(schema_version.update().values(version=target))
 
     def schema_version(self) -> int:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return conn.execute(sa.select(schema_version.c.version)).scalar_one()
 
     # --- completions --------------------------------------------------------------------------------------
@@ -311,7 +319,7 @@ class FeedbackStore:
         return self._write(write)
 
     def completion(self, completion_id: str) -> dict:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(sa.select(completions_t).where(completions_t.c.id == completion_id)).first()
             if row is None:
                 raise NotFound(f"unknown completion_id {completion_id!r}")
@@ -400,7 +408,7 @@ class FeedbackStore:
             q = q.where(feedback_t.c.created_at >= since)
         if kind is not None:
             q = q.where(feedback_t.c.kind == kind)
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             return conn.execute(q).scalar_one()
 
     def feedback(self, since: float | None = None, until: float | None = None) -> list[dict]:
@@ -435,7 +443,7 @@ class FeedbackStore:
         if until is not None:
             q = q.where(feedback_t.c.created_at < until)
         rows: dict[str, dict] = {}
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             for r in conn.execute(q):
                 fb = rows.setdefault(
                     r.id,
@@ -476,7 +484,7 @@ class FeedbackStore:
         """Per-version thumbs-up rate, win rate and a Bradley–Terry rating (see reasoner.serve.pairs)."""
         from reasoner.serve.pairs import version_stats
 
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             served = dict(
                 conn.execute(
                     sa.select(completions_t.c.version, sa.func.count()).group_by(completions_t.c.version)
@@ -506,14 +514,14 @@ class FeedbackStore:
         return self.version(name)
 
     def version(self, name: str) -> dict:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(sa.select(versions_t).where(versions_t.c.name == name)).first()
         if row is None:
             raise NotFound(f"unknown version {name!r}")
         return _version_dict(row)
 
     def versions(self) -> list[dict]:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             rows = conn.execute(
                 sa.select(versions_t).order_by(versions_t.c.created_at, versions_t.c.name)
             ).all()
@@ -528,7 +536,7 @@ class FeedbackStore:
             raise NotFound(f"unknown version {name!r}")
 
     def deployed(self) -> dict | None:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 sa.select(versions_t)
                 .where(versions_t.c.deployed_at.is_not(None))
@@ -539,7 +547,7 @@ class FeedbackStore:
 
     # --- key-value state for resumable loops --------------------------------------------------------------
     def get_state(self, key: str, default: Any = None) -> Any:
-        with self.engine.connect() as conn:
+        with self._read() as conn:
             value = conn.execute(sa.select(state_t.c.value).where(state_t.c.key == key)).scalar()
         return default if value is None else json.loads(value)
 

@@ -195,3 +195,17 @@ def test_stats_thumbs_and_cross_version_wins(store):
     assert stats["v1"]["rating"] > stats["v0"]["rating"]
     lo, hi = stats["v1"]["rating_ci95"]
     assert lo < stats["v1"]["rating"] < hi
+
+
+def test_an_open_read_does_not_block_writers(store):
+    cid = _completion(store)
+    with store._read() as conn:  # e.g. a long export
+        conn.execute(sa.text("SELECT count(*) FROM feedback")).all()
+        done = threading.Event()
+        t = threading.Thread(
+            target=lambda: (store.record_feedback("rating", [(cid, 0)], rating=1), done.set())
+        )
+        t.start()
+        assert done.wait(10), "a write waited for a read transaction"
+        t.join()
+    assert store.count_feedback() == 1
