@@ -65,3 +65,18 @@ def test_feedback_export_cli(tmp_path, capsys):
     assert main(["feedback", "stats", "--db", str(db)]) == 0
     stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {v["version"]: v["wins"] for v in stats["versions"]} == {"v0": 0, "v1": 2}
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("serve.port=70000", "port"),
+        ("serve.max_batch=0", "max_batch"),
+        ("serve.admin_key=short", "admin_key"),
+    ],
+)
+def test_serve_config_checks_name_the_key(override, key):
+    from reasoner.serve.service import check_config
+
+    with pytest.raises(ConfigError, match=f"serve.{key} must"):
+        check_config(load_config(None, [override]).serve)
