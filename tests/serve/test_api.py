@@ -285,3 +285,13 @@ def test_text_completions_take_one_prompt(client):
     assert r.status_code == 200 and r.json()["object"] == "text_completion"
     r = client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3})
     assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
+
+
+def test_the_page_never_writes_html_from_data():
+    from reasoner.serve.app import STATIC
+
+    js = (STATIC / "app.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+        assert sink not in js, f"app.js uses {sink}: model output and user text must go through textContent"
+    html = (STATIC / "index.html").read_text()
+    assert "<script>" not in html and "http://" not in html and "https://" not in html  # no inline JS, no CDN
