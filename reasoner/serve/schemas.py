@@ -209,8 +209,8 @@ class VersionStats(BaseModel):
     ties: int
     thumbs_up_rate: float | None
     win_rate: float | None
-    rating: float
-    rating_ci95: list[float]
+    rating: float | None  # None until the version has been compared with another
+    rating_ci95: list[float] | None
 
 
 class StatsResponse(BaseModel):

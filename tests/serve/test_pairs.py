@@ -139,3 +139,9 @@ def test_cut(args, expected):
     text, completion, finish, max_tokens, stop = args
     c = cut(text, completion, finish, max_tokens, stop, TOK, EOS)
     assert (c.text, c.finish_reason, c.completion_tokens) == expected
+
+
+def test_a_version_never_compared_has_no_rating():
+    rows = [fb("rating", resp("a", "A", version="v0"), rating=1)]
+    (v0,) = version_stats(rows, ["v0"])["versions"]
+    assert v0["rating"] is None and v0["rating_ci95"] is None and v0["thumbs_up_rate"] == 1.0

@@ -165,7 +165,7 @@ async function loadStats() {
     for (const v of s.versions) {
       const tr = el("tr");
       const cells = [v.version + (v.version === s.deployed ? " (deployed)" : ""), v.served, v.up, v.down, pct(v.thumbs_up_rate),
-        v.wins + " / " + v.losses + " / " + v.ties, pct(v.win_rate), v.rating.toFixed(0) + " [" + v.rating_ci95[0].toFixed(0) + ", " + v.rating_ci95[1].toFixed(0) + "]"];
+        v.wins + " / " + v.losses + " / " + v.ties, pct(v.win_rate), v.rating === null ? "–" : v.rating.toFixed(0) + " [" + v.rating_ci95[0].toFixed(0) + ", " + v.rating_ci95[1].toFixed(0) + "]"];
       for (const c of cells) tr.appendChild(el("td", "", String(c)));
       body.appendChild(tr);
     }
