@@ -133,6 +133,28 @@ class SFTConfig:
 
 
 @dataclass
+class ServeConfig:
+    model: str | None = None  # policy to serve; None = model.path
+    db: str = "runs/feedback.db"  # SQLAlchemy URL or a SQLite file path (WAL)
+    host: str = "127.0.0.1"  # loopback only by default; 0.0.0.0 exposes the server
+    port: int = 8000
+    api_key: str | None = None  # when set, every /v1 route needs `Authorization: Bearer KEY`
+    admin_key: str | None = None  # when set, POST /admin/deploy accepts it; unset = the route is off
+    model_name: str = "reasoner"  # the stable name /v1/models lists; it routes to the deployed version
+    version: str | None = None  # name of the served version; None = reuse the deployed one or the next vN
+    batch_window_ms: float = 5.0  # requests arriving within this window share one generate call
+    max_batch: int = 64  # sequences per generate call at most
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    default_max_tokens: int = 64
+    max_tokens_cap: int = 256  # larger max_tokens get 422
+    max_n: int = 8
+    # FULL: an acknowledged row survives power loss too; NORMAL: only a process crash (faster)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cpu_threads: int = 0  # torch threads on CPU; 0 = torch's default
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -141,6 +163,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
