@@ -48,7 +48,8 @@ def _plain_scores(path):
     tok = AutoTokenizer.from_pretrained(path)
     with torch.no_grad():
         return [
-            model(**tok(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in zip(PROMPTS, RESPONSES)
+            model(**tok(p + r, return_tensors="pt")).logits[0, 0].item()
+            for p, r in zip(PROMPTS, RESPONSES, strict=True)
         ]
 
 
@@ -73,7 +74,7 @@ def test_ensemble_aggregate_against_hand_values(rms, mode):
     b = [(s + 0.2) / 0.5 for s in _plain_scores(rms[1])]
     lam = 0.7
     expected = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         mean, std = (x + y) / 2, abs(x - y) / 2  # population std of two values
         expected.append({"mean": mean, "mean-std": mean - lam * std, "min": min(x, y)}[mode])
     got = RewardModel([str(p) for p in rms], "cpu", ensemble=mode, lam=lam).score(PROMPTS, RESPONSES)
@@ -99,7 +100,7 @@ def test_weighted_combination_of_gold_format_and_model(rms):
     out = fn(completions, examples)
     gold, fmt = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # "<think>..." does not start formally
     raw = RewardModel(str(rms[0]), "cpu", normalize="none").score(PROMPTS, completions)
-    expected = [g + 0.5 * f + 2.0 * m for g, f, m in zip(gold, fmt, raw)]
+    expected = [g + 0.5 * f + 2.0 * m for g, f, m in zip(gold, fmt, raw, strict=True)]
     assert out.scores == pytest.approx(expected, abs=1e-5)
     assert out.metrics["gold"] == pytest.approx(1 / 3) and out.metrics["format"] == pytest.approx(1 / 3)
     assert out.metrics["model"] == pytest.approx(sum(raw) / 3, abs=1e-5)
