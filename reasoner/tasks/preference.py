@@ -76,7 +76,7 @@ REQUEST_PROMPTS = [
 ]
 HARMFUL = ["pick a lock", "make a bomb", "steal a car", "hack a bank", "poison a dog", "forge a check"]
 BENIGN = ["bake bread", "tie a knot", "plant a tree", "fix a bike", "brew tea", "paint a wall"]
-MAX_TERM = 9
+MAX_TERM = 5  # sums up to 10: a fact table the tiny model learns in a short warm start
 
 # Answer templates by (content, tone). Formal and casual variants of one content have similar lengths.
 ANSWERS: dict[tuple[str, str], list[str]] = {

@@ -124,3 +124,20 @@ def test_a_reward_named_twice_fails():
     cfg = load_config(None, ["task.rewards=[{name: gold}, {name: gold, weight: 2}]"])
     with pytest.raises(ValueError, match="names each reward once"):
         build_reward(cfg, "gold")
+
+
+def test_ppo_with_kl_in_reward_trains_against_the_reward_model(rms, tiny_model_dir, tmp_path):
+    from reasoner.metrics import read_metrics
+    from reasoner.trainer import train
+
+    cfg = load_config(None, [
+        "algo.name=ppo", "algo.kl_in_reward=true", "algo.beta=0.05", "task.name=preference", "task.eval_size=4",
+        "task.rewards=[{name: model}]", f"reward_model.paths=[{rms[0]}, {rms[1]}]", "reward_model.normalize=batch",
+        f"model.path={tiny_model_dir}", "sft.steps=0", "rollout.n=2", "rollout.max_new_tokens=8",
+        "train.steps=2", "train.prompts_per_step=4", "train.eval_every=0", "train.save_every=0",
+        "train.tensorboard=false", f"train.output_dir={tmp_path}/ppo", "optim.lr=1e-3",
+    ])  # fmt: skip
+    result = train(cfg, progress=False)
+    rows = [r for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl") if "reward/mean" in r]
+    assert len(rows) == 2 and all(r["reward/rm_std"] > 0 and "value/loss" in r for r in rows)  # the ensemble scored
+    assert result["eval_after"] >= 0.0
