@@ -24,4 +24,4 @@ def test_rlhf_raises_the_gold_score(tiny_model_dir, tmp_path):
     metrics = [
         json.loads(ln) for ln in (tmp_path / "rlhf" / "grpo" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert any(r.get("kl", 0) > 0 for r in metrics) and "reward/mean" in metrics[-1]
+    assert any(r.get("kl", 0) > 0 for r in metrics) and any("reward/mean" in r for r in metrics)
