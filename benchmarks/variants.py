@@ -1,7 +1,8 @@
 """Every algorithm variant on the offline math task: held-out accuracy against samples and wall time, 3 seeds.
 
     python benchmarks/variants.py [--seeds 0 1 2] [--steps 10] [--prompts 16] [--eval-every 5] [--eval-size 100]
-        [--variants grpo gspo ...] [--out benchmarks/results/variants.json] [--plot benchmarks/results/variants.png]
+        [--variants grpo gspo ...] [--summarize-only] [--out benchmarks/results/variants.json]
+        [--plot benchmarks/results/variants.png]
 
 Each variant is ``configs/math-grpo.yaml`` plus the overrides in ``VARIANTS``, from the same supervised warm start
 (its SFT cache in ``runs/math-sft``, trained here if missing) with the same steps, prompts per step, completions
@@ -74,11 +75,14 @@ def run_one(variant: str, seed: int, sft: str, args) -> dict:
     proc.join()
     if proc.exitcode != 0:
         raise RuntimeError(f"{variant} seed {seed} failed with exit code {proc.exitcode}; see {out}")
+    return collect_run(variant, seed, out, result, time.time() - start)
+
+
+def collect_run(variant: str, seed: int, out: Path, result: dict, wall_s: float) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "eval/score" in r]
-    return {"variant": variant, "seed": seed, "overrides": VARIANTS[variant],
-            "process_wall_s": round(time.time() - start, 1), **result, **curves(rows),
-            "eval_samples": [_samples_at(rows, r["step"]) for r in evals]}  # fmt: skip
+    return {"variant": variant, "seed": seed, "overrides": VARIANTS[variant], "process_wall_s": round(wall_s, 1),
+            **result, **curves(rows), "eval_samples": [_samples_at(rows, r["step"]) for r in evals]}  # fmt: skip
 
 
 def _samples_at(rows: list[dict], step: int) -> int:
@@ -157,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="train.cpu_threads of each run")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
+        "--summarize-only", action="store_true", help="report on the runs already in --workdir"
+    )
+    parser.add_argument(
         "--model", default="runs/tiny-model", help="the model SFT starts from (make builds it)"
     )
     parser.add_argument("--workdir", type=Path, default=ROOT / "runs" / "variants")
@@ -170,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         for variant in args.variants:
+            if args.summarize_only:  # rebuild the report from the run directories a previous call left
+                out = args.workdir / f"{variant}-seed{seed}"
+                if (out / "result.json").is_file():
+                    runs.append(
+                        collect_run(variant, seed, out, json.loads((out / "result.json").read_text()), 0.0)
+                    )
+                continue
             run = run_one(variant, seed, sft, args)
             runs.append(run)
             print(f"[bench] {variant} seed {seed}: {run['eval_before']:.3f} -> {run['eval_after']:.3f}, "

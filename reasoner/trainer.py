@@ -131,9 +131,7 @@ class Run:
     bar: Any
     start_step: int
     saved_step: int | None  # the step of the checkpoint on disk that this process wrote or resumed from
-    history: dict = field(
-        default_factory=dict
-    )  # saved in every checkpoint: evals, stream cursor, sample count
+    history: dict = field(default_factory=dict)  # in every checkpoint: evals, stream cursor, samples
     t_start: float = 0.0
 
 
@@ -341,6 +339,9 @@ def boundary(run: Run, step: int, stop: GracefulStop) -> None:
     if due and history.get("evaluated") != step:
         try:
             score = evaluate(run, step, stop)
+        except Interrupted:  # stopped midway, nothing logged: the resumed run evaluates this step again
+            score = None
+        if score is not None:
             history["evaluated"] = step
             if step == 0:
                 history["eval_before"] = score
@@ -350,8 +351,6 @@ def boundary(run: Run, step: int, stop: GracefulStop) -> None:
                     )
             if last:
                 history["eval_after"] = score
-        except Interrupted:  # the evaluation stopped midway; it is redone on resume
-            pass
     requested = _any_rank(stop.requested, run.world)
     save_due = cfg.train.save_every and step % cfg.train.save_every == 0 and step > 0
     if (last or save_due or requested) and run.saved_step != step:
