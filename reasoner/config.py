@@ -82,7 +82,9 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    name: Literal["grpo", "ppo"] = "grpo"
+    # the advantage estimator (reasoner.estimators.ESTIMATORS): group, leave-one-out, batch-normalised, critic
+    name: Literal["grpo", "ppo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = "grpo"
+    loss: str = "ppo-clip"  # importance weighting of the policy loss: ppo-clip, gspo, cispo (POLICY_LOSSES)
     beta: float = 0.04  # KL coefficient; 0 skips the reference model
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     clip_low: float = 0.2
@@ -92,7 +94,12 @@ class AlgoConfig:
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by this std
     drop_zero_variance: bool = False  # skip groups whose rewards are all equal
     mask_truncated: bool = False  # exclude completions that hit max_new_tokens from the loss
-    # PPO only
+    # DAPO dynamic sampling with refill: up to this many extra rounds of prompts from the stream until the step
+    # has train.prompts_per_step groups whose rewards vary; zero-variance groups are dropped. 0 = off
+    refill_rounds: int = 0
+    overlong_buffer: int = 0  # DAPO soft overlong punishment over the last N tokens (reasoner.algo.shaping)
+    overlong_penalty: float = 1.0  # the punishment at max_new_tokens; overlong_buffer = 0 turns it off
+    # PPO (and REINFORCE++'s returns-to-go: gamma)
     gamma: float = 1.0
     lam: float = 0.95
     kl_in_reward: bool = True  # PPO: KL penalty per token in the reward (classic RLHF) instead of the loss

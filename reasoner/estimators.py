@@ -1,7 +1,8 @@
 """Advantage estimators: how a batch of scored rollouts becomes per-token advantages.
 
-``grpo`` normalises each prompt's rewards within its group (no critic). ``ppo`` (reasoner/ppo.py) learns a
-critic and uses GAE. Both plug into the same trainer loop through this small interface.
+``grpo`` normalises each prompt's rewards within its group (no critic); ``rloo`` uses a leave-one-out mean;
+``reinforce_plus_plus`` (KL in the reward) and ``reinforce_plus_plus_baseline`` normalise over the whole batch
+(reasoner/algo/reinforce.py). ``ppo`` (reasoner/ppo.py) learns a critic and uses GAE. Both plug into the same trainer loop through this small interface.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Protocol
 
 import torch
 
-from reasoner.algo import group_advantages, zero_variance_groups
+from reasoner.algo import group_advantages, kl_penalty, rloo_advantages, zero_variance_groups
+from reasoner.algo.reinforce import reinforce_pp_advantages, reinforce_pp_baseline_advantages
 from reasoner.batch import RolloutBatch
 from reasoner.registry import Registry
 
@@ -49,12 +51,24 @@ ESTIMATORS: Registry = Registry("algorithm")
 
 @ESTIMATORS.register("grpo")
 class GroupEstimator:
+    """GRPO: ``(r - mean_group) / std`` (``algo.scale_rewards``), one advantage per sequence."""
+
     kl_in_reward = False
     policy_frozen = False
 
     def __init__(self, cfg, policy=None, model_path=None, device=None):
         self.group_size, self.scale = cfg.rollout.n, cfg.algo.scale_rewards
-        self.drop_zero_variance = cfg.algo.drop_zero_variance
+        self.drop_zero_variance = cfg.algo.drop_zero_variance or cfg.algo.refill_rounds > 0
+        self.beta, self.kl_estimator, self.gamma = cfg.algo.beta, cfg.algo.kl_estimator, cfg.algo.gamma
+
+    def sequence_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Prompt-major rewards [N] -> one advantage per sequence [N]."""
+        return group_advantages(rewards, self.group_size, self.scale)
+
+    def token_advantages(self, batch, rewards, mask, old_logp, ref_logp) -> torch.Tensor:
+        """Rewards [N] -> advantages [N, T]; ``mask`` [N, T] holds the tokens that take part in the loss."""
+        adv = self.sequence_advantages(rewards).to(mask.device)  # [N]
+        return adv[:, None].expand(-1, mask.shape[1])
 
     def advantages(self, batch, rewards, scored, keep, old_logp, ref_logp):
         # Unscored samples (e.g. the sandbox failed) take their group's scored mean, so they move neither the
@@ -63,17 +77,18 @@ class GroupEstimator:
         ok = scored.view(-1, self.group_size).float()
         fill = (groups * ok).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
         filled = torch.where(ok.bool(), groups, fill).view(-1)
-        adv = group_advantages(filled, self.group_size, self.scale)  # [N]
         zero_var = zero_variance_groups(filled, self.group_size)
         keep = keep & scored.to(keep.device)
         if self.drop_zero_variance:
             keep = keep & ~zero_var.to(keep.device)
-        width = batch.completion_mask.shape[1]
+        mask = batch.completion_mask * keep[:, None].float()  # [N, T]
+        adv = self.token_advantages(batch, filled, mask, old_logp, ref_logp)  # [N, T]
+        m = mask.bool()
         metrics = {
             "zero_variance_frac": zero_var.float().mean().item(),
-            "adv/abs_mean": adv.abs().mean().item(),
+            "adv/abs_mean": adv[m].abs().mean().item() if m.any() else 0.0,
         }
-        return adv.to(batch.input_ids.device)[:, None].expand(-1, width), metrics, keep
+        return adv.to(batch.input_ids.device), metrics, keep
 
     def update(self, batch, mask):
         return {}
@@ -86,6 +101,43 @@ class GroupEstimator:
 
     def load_state_dict(self, state):
         pass
+
+
+@ESTIMATORS.register("rloo")
+class LeaveOneOutEstimator(GroupEstimator):
+    """RLOO: the baseline of a sample is the mean reward of the other G - 1 samples of its prompt; no std."""
+
+    def sequence_advantages(self, rewards):
+        return rloo_advantages(rewards, self.group_size)
+
+
+@ESTIMATORS.register("reinforce_plus_plus")
+class ReinforcePlusPlusEstimator(GroupEstimator):
+    """REINFORCE++: KL in the reward per token, returns-to-go, whitened over the batch (no group baseline)."""
+
+    kl_in_reward = True
+
+    def __init__(self, cfg, policy=None, model_path=None, device=None):
+        super().__init__(cfg, policy, model_path, device)
+        self.kl_in_reward = cfg.algo.beta > 0  # beta = 0: no reference model, nothing to put in the reward
+
+    def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
+        from reasoner.ppo import token_rewards
+
+        kl = None
+        if self.kl_in_reward and ref_logp is not None:
+            kl = kl_penalty(old_logp, ref_logp, self.kl_estimator)  # [N, T]
+        return reinforce_pp_advantages(
+            token_rewards(rewards.to(mask.device), mask, kl, self.beta), mask, self.gamma
+        )
+
+
+@ESTIMATORS.register("reinforce_plus_plus_baseline")
+class ReinforcePlusPlusBaselineEstimator(GroupEstimator):
+    """REINFORCE++-baseline: the group mean subtracted, then whitened over the batch; KL stays in the loss."""
+
+    def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
+        return reinforce_pp_baseline_advantages(rewards, self.group_size, mask)
 
 
 def make_estimator(cfg, policy, model_path: str, device) -> Estimator:

@@ -1,4 +1,4 @@
-"""The RL loop shared by GRPO and PPO: rollout -> score -> advantages -> clipped update -> push weights -> log.
+"""The RL loop shared by GRPO, PPO and their variants: rollout -> score -> advantages -> update -> push -> log.
 
 Defaults follow the GRPO paper (Shao et al. 2024): group-normalised outcome rewards, the clipped surrogate
 with eps = 0.2, and the k3 KL estimator in the loss with beta = 0.04. Departures are named settings:
@@ -6,25 +6,47 @@ with eps = 0.2, and the k3 KL estimator in the loss with beta = 0.04. Departures
   ``token-mean`` (DAPO) and ``seq-mean-token-sum-norm`` (Dr. GRPO) remove its length bias.
 - ``algo.scale_rewards=none`` drops the division by the group's std (Dr. GRPO); ``batch`` uses the batch std.
 - ``algo.clip_high`` > ``clip_low`` is DAPO's clip-higher; ``algo.drop_zero_variance`` its dynamic sampling
-  (without refilling); ``algo.mask_truncated`` its overlong filtering.
+  without refilling; ``algo.mask_truncated`` its overlong filtering.
+- ``algo.refill_rounds`` (DAPO dynamic sampling): groups whose rewards are all equal are dropped and replaced
+  from further prompts of the stream, up to that many extra rounds; the paper trains on every group it sampled.
+- ``algo.overlong_buffer`` (DAPO): the reward pays a penalty ramping to ``-algo.overlong_penalty`` over the last
+  tokens before ``max_new_tokens``; the paper's reward is the outcome alone.
+- ``algo.loss=gspo`` (GSPO): one importance ratio per sequence (the geometric mean of its token ratios), clipped
+  per sequence; the paper clips each token's ratio.
+- ``algo.loss=cispo`` (MiniMax-M1): the clipped importance ratio is a detached weight on log pi, so clipped
+  tokens still get a gradient; the paper's min(...) gives them none.
+- ``algo.name=rloo``: the baseline is the mean of the other G - 1 rewards and nothing is divided by a std; the
+  paper subtracts the group mean and divides by the group std.
+- ``algo.name=reinforce_plus_plus``: the KL is paid per token in the reward (not in the loss) and the returns are
+  whitened over the whole batch, with no group baseline at all.
+- ``algo.name=reinforce_plus_plus_baseline``: the group mean is subtracted, then advantages are whitened over the
+  batch instead of divided by each group's std.
+- ``algo.name=ppo``: a learned critic and GAE instead of the group baseline (reasoner/ppo.py).
 - Log-probs are taken at the sampling temperature, so the ratio and the KL compare like with like.
+
+Interrupts: the first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, saves it and exits (130);
+during an evaluation or the SFT warm start, which change no training state, it stops at once and saves the
+last step boundary. ``train.resume=true`` then continues exactly. A second signal aborts without saving.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
-from contextlib import nullcontext
-from dataclasses import asdict
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from reasoner.algo import aggregate, clipped_surrogate, kl_penalty
+from reasoner.algo import POLICY_LOSSES, aggregate, kl_penalty, overlong_penalty, varying_groups
 from reasoner.batch import RolloutBatch, make_batch, sequence_logprobs
 from reasoner.checkpoint import (
     latest_checkpoint,
@@ -50,34 +72,110 @@ from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.rewards.combine import build_reward
-from reasoner.rollout import SamplingParams, make_engine
+from reasoner.rollout import Rollout, SamplingParams, make_engine
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
 from reasoner.tasks import get_task
 from reasoner.tasks.base import Example
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
+    stop = GracefulStop()
+    run = None
+    try:
+        # SFT warm start, models, data, engine; resume from the latest checkpoint
+        run = setup(cfg, progress, stop)
+        boundary(run, run.start_step, stop)  # the first evaluation (or one a resumed run still owes)
+        for step in range(run.start_step, cfg.train.steps):
+            batch = collect(run, step)  # rollout -> score, refilled from further prompts (algo.refill_rounds)
+            metrics = optimize(run, batch)  # advantages -> loss -> optimizer step -> weights to the engine
+            log_step(run, step + 1, batch, metrics)
+            boundary(run, step + 1, stop)  # evaluate and checkpoint when due; stop here if a signal came
+        return finish(run)
+    except Interrupted:
+        if run is None:
+            print("\n[train] interrupted during the warm start: nothing to save; rerun to start over")
+        else:
+            run.bar.close()
+            run.log.close()
+            print(f"\n[train] interrupted: saved step {run.saved_step} to {run.dir}/checkpoints; "
+                  "continue with train.resume=true")  # fmt: skip
+        raise
+    finally:
+        stop.restore()
+
+
+@dataclass
+class Run:
+    """What a run holds between steps: built by ``setup``, used by the named steps of ``train``."""
+
+    cfg: Config
+    world: Any  # reasoner.distributed.DistInfo
+    dir: Path
+    device: torch.device
+    tokenizer: Any
+    policy: torch.nn.Module  # generation and checkpoints
+    model: torch.nn.Module  # the update: ``policy``, DDP-wrapped under torchrun
+    reference: torch.nn.Module | None
+    estimator: Any  # reasoner.estimators.Estimator
+    task: Any
+    train_set: list[Example]
+    eval_shard: list[Example]
+    eval_size: int
+    reward_fn: Callable
+    format_fn: Callable | None
+    render: Callable[[Example], str]
+    engine: Any  # reasoner.rollout.Engine
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    log: Any
+    bar: Any
+    start_step: int
+    saved_step: int | None  # the step of the checkpoint on disk that this process wrote or resumed from
+    history: dict = field(default_factory=dict)  # in every checkpoint: evals, stream cursor, samples
+    t_start: float = 0.0
+
+
+@dataclass
+class Collected:
+    """One step's scored groups, prompt-major: ``rollouts[i * G:(i + 1) * G]`` answer ``examples[i]``."""
+
+    rollouts: list[Rollout]
+    rewards: torch.Tensor  # [N] 0 where unscored
+    scored: torch.Tensor  # [N] bool
+    metrics: dict
+    generated: int  # samples generated this step, refill rounds included
+    tokens: int  # completion tokens generated this step
+    t_generate: float
+    t_score: float
+
+
+def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
     t_start = time.time()
     world = (
         init_from_env()
     )  # under torchrun: join the process group (nccl on CUDA, gloo on CPU); else one process
-    run = Path(cfg.train.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    stop.immediate_ok = (
+        not world.enabled
+    )  # under DDP a rank must not leave a collective alone: step boundaries only
+    run_dir = Path(cfg.train.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if world.is_main:
-        (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     device = world.device if world.enabled else default_device()
     set_cpu_threads(cfg.train.cpu_threads)
+    _check_algo(cfg)  # before anything slow runs
 
     model_path = cfg.model.path
     if cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
         from reasoner.sft import run_sft
 
         if world.is_main:
-            model_path = str(run_sft(cfg, model_path, Path(cfg.sft.output_dir), progress=progress))
+            with stop.immediate():  # SFT writes its result atomically: stopping midway leaves no trace
+                model_path = str(run_sft(cfg, model_path, Path(cfg.sft.output_dir), progress=progress))
         model_path = broadcast_object(model_path, world)
-    ckpt = latest_checkpoint(run) if cfg.train.resume else None
+    ckpt = latest_checkpoint(run_dir) if cfg.train.resume else None
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
     policy = load_policy(
         str(ckpt / "policy") if ckpt else model_path, "float32", device, cfg.model.attn_implementation
@@ -105,7 +203,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
 
     optimizer = make_optimizer(policy.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
     scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.train.steps, cfg.optim.schedule)
-    start_step, history = 0, {}
+    start_step, history = 0, {"evaluated": None}  # the step of the last finished evaluation
     if ckpt:
         state = load_trainer_state(ckpt)
         optimizer.load_state_dict(state["optimizer"])
@@ -114,187 +212,246 @@ def train(cfg: Config, progress: bool = True) -> dict:
         for name, module in estimator.extra_modules().items():
             load_extra(ckpt, name, module)
         start_step, history = state["step"], state["history"]
+        history.setdefault("evaluated", start_step)  # older versions saved checkpoints after their evaluation
         engine.sync_weights(policy)  # the engine loaded model_path; the policy resumed from the checkpoint
         print(f"[train] resumed from {ckpt} at step {start_step}")
     log = NullLogger()  # rank 0 alone writes metrics
     if world.is_main:
-        log = MetricsLogger(run, cfg.train.tensorboard, resume_step=start_step if ckpt else None)
+        log = MetricsLogger(run_dir, cfg.train.tensorboard, resume_step=start_step if ckpt else None)
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.algo.name, dynamic_ncols=True,
+               disable=not (progress and world.is_main))  # fmt: skip
+    return Run(cfg, world, run_dir, device, tokenizer, policy, model, reference, estimator, task, train_set,
+               eval_shard, len(eval_set), reward_fn, format_fn, render, engine, optimizer, scheduler, log, bar,
+               start_step, start_step if ckpt else None, history, t_start)  # fmt: skip
 
-    def evaluate(step: int) -> float:
-        engine.wake_up()
+
+def collect(run: Run, step: int) -> Collected:
+    """Generate and score this step's groups from the prompt stream.
+
+    With ``algo.refill_rounds`` (DAPO dynamic sampling) groups whose rewards are all equal are set aside and
+    further prompts of the stream are generated, up to that many extra rounds, until this rank has its share of
+    ``train.prompts_per_step`` varying groups; a step that runs out of rounds fills up with the set-aside groups
+    (the estimator masks them). The stream position is saved in checkpoints, so a resumed run sees the same
+    prompts. ``reward/*`` metrics describe the first round, the policy's unfiltered samples.
+    """
+    cfg, world, n = run.cfg, run.world, run.cfg.rollout.n
+    size = cfg.train.prompts_per_step
+    want = size // world.world_size  # groups this rank trains on
+    cursor = run.history.get("cursor", step * size)  # older checkpoints: one batch per step
+    rounds, varying, spare = [], [], []  # varying, spare: (round, group index)
+    for round_ in range(cfg.algo.refill_rounds + 1):
+        examples = shard(
+            stream_slice(run.train_set, cursor, size, cfg.train.seed), world.rank, world.world_size
+        )
+        cursor += size
+        got = rollout_and_score(run, examples, step, round_)
+        rounds.append(got)
+        if cfg.algo.refill_rounds == 0:
+            break
+        for g, varies in enumerate(varying_groups(got.rewards, got.scored, n).tolist()):
+            (varying if varies else spare).append((got, g))
+        if not _any_rank(len(varying) < want, world):  # every rank runs the same rounds
+            break
+    run.history["cursor"] = cursor
+    if cfg.algo.refill_rounds == 0:
+        return rounds[0]
+    chosen = [(r, slice(g * n, (g + 1) * n)) for r, g in (varying + spare)[:want]]
+    rollouts = [x for r, sl in chosen for x in r.rollouts[sl]]
+    metrics = rounds[0].metrics | {"dynamic/rounds": len(rounds), "dynamic/samples": sum(r.generated for r in rounds),
+                                   "dynamic/varying_groups": min(len(varying), want) / want}  # fmt: skip
+    return Collected(
+        [replace(x, prompt_index=i // n) for i, x in enumerate(rollouts)],
+        torch.cat([r.rewards[sl] for r, sl in chosen]), torch.cat([r.scored[sl] for r, sl in chosen]), metrics,
+        sum(r.generated for r in rounds), sum(r.tokens for r in rounds),
+        sum(r.t_generate for r in rounds), sum(r.t_score for r in rounds),
+    )  # fmt: skip
+
+
+def rollout_and_score(run: Run, examples: list[Example], step: int, round_: int = 0) -> Collected:
+    t0 = time.time()
+    rollouts = generate(run, examples, step, round_)
+    t1 = time.time()
+    aligned = [examples[r.prompt_index] for r in rollouts]
+    rewards, scored, reward_metrics = score(
+        run.reward_fn, run.format_fn, run.cfg.task.format_reward, rollouts, aligned
+    )
+    rewards = shape_rewards(run.cfg, rewards, rollouts)
+    tokens = sum(len(r.completion_ids) for r in rollouts)
+    return Collected(
+        rollouts, rewards, scored, reward_metrics, len(rollouts), tokens, t1 - t0, time.time() - t1
+    )
+
+
+# Rounds after the first draw their own seeds; the first keeps the seed a run without refill uses.
+REFILL_SEED_STRIDE = 1_000_000_007
+
+
+def generate(run: Run, examples: list[Example], step: int, round_: int = 0) -> list[Rollout]:
+    cfg, world = run.cfg, run.world
+    seed = (cfg.train.seed * 100_003 + step) * world.world_size + world.rank + round_ * REFILL_SEED_STRIDE
+    params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)  # fmt: skip
+    run.engine.wake_up()
+    rollouts = run.engine.generate([run.render(ex) for ex in examples], params)
+    run.engine.sleep()
+    return rollouts
+
+
+def shape_rewards(cfg: Config, rewards: torch.Tensor, rollouts: list[Rollout]) -> torch.Tensor:
+    """Reward transforms any task can turn on: DAPO's soft overlong punishment (``algo.overlong_buffer``)."""
+    if cfg.algo.overlong_buffer <= 0:
+        return rewards
+    lengths = torch.tensor([len(r.completion_ids) for r in rollouts])
+    return rewards + overlong_penalty(
+        lengths, cfg.rollout.max_new_tokens, cfg.algo.overlong_buffer, cfg.algo.overlong_penalty
+    )
+
+
+def optimize(run: Run, batch: Collected) -> dict:
+    t0 = time.time()
+    frozen = run.estimator.policy_frozen  # PPO's critic warm-up: the policy's schedule waits too
+    metrics = update(run.cfg, run.model, run.reference, run.estimator, run.optimizer, batch.rollouts, batch.rewards,
+                     batch.scored, run.tokenizer.pad_token_id, run.device)  # fmt: skip
+    if not frozen:
+        run.scheduler.step()
+    run.engine.sync_weights(run.policy)
+    return metrics | {"time/update": time.time() - t0}
+
+
+def log_step(run: Run, step: int, batch: Collected, metrics: dict) -> None:
+    run.history["samples"] = run.history.get("samples", (step - 1) * len(batch.rollouts)) + batch.generated
+    wall = batch.t_generate + batch.t_score + metrics["time/update"]
+    metrics = metrics | batch.metrics | {
+        "lr": run.scheduler.get_last_lr()[0], "time/generate": batch.t_generate, "time/score": batch.t_score,
+        "tokens_per_s": batch.tokens / wall, "samples": run.history["samples"],
+    }  # fmt: skip
+    metrics = all_reduce_mean(metrics, run.world, sums=("tokens_per_s", "samples"))  # the mean over ranks
+    run.log.log(step, metrics)
+    run.bar.update(1)
+    run.bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", kl=f"{metrics.get('kl', 0):.3f}")
+
+
+def boundary(run: Run, step: int, stop: GracefulStop) -> None:
+    """Between two steps: evaluate when due, checkpoint when due, and stop (after saving) if a signal came."""
+    cfg, history = run.cfg, run.history
+    last = step == cfg.train.steps
+    due = step == 0 or last or (cfg.train.eval_every and step % cfg.train.eval_every == 0)
+    if due and history.get("evaluated") != step:
+        try:
+            score = evaluate(run, step, stop)
+        except Interrupted:  # stopped midway, nothing logged: the resumed run evaluates this step again
+            score = None
+        if score is not None:
+            history["evaluated"] = step
+            if step == 0:
+                history["eval_before"] = score
+                if run.world.is_main:
+                    print(
+                        f"[train] {run.task.name}: held-out score before RL {score:.3f} on {run.eval_size} prompts"
+                    )
+            if last:
+                history["eval_after"] = score
+    requested = _any_rank(stop.requested, run.world)
+    save_due = cfg.train.save_every and step % cfg.train.save_every == 0 and step > 0
+    if (last or save_due or requested) and run.saved_step != step:
+        checkpoint(run, step)
+    if requested:
+        raise Interrupted
+
+
+def evaluate(run: Run, step: int, stop: GracefulStop) -> float:
+    cfg = run.cfg
+    run.engine.wake_up()
+    with stop.immediate():  # generation only: nothing of the training state changes
         report = evaluate_model(
-            engine, task, eval_shard, temperature=cfg.train.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-            seed=cfg.train.seed, render=render, progress=False, batch_prompts=max(1, cfg.rollout.batch_size),
+            run.engine, run.task, run.eval_shard, temperature=cfg.train.eval_temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed, render=run.render, progress=False,
+            batch_prompts=max(1, cfg.rollout.batch_size),
         )  # fmt: skip
-        counts = ("examples", "samples", "correct", "unscored")
-        metrics = all_reduce_mean(report.metrics, world, weight=len(eval_shard), sums=counts)
-        score = metrics["accuracy" if task.kind == "math" else "pass@1"]
-        log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in metrics.items()}})
-        return score
+    counts = ("examples", "samples", "correct", "unscored")
+    metrics = all_reduce_mean(report.metrics, run.world, weight=len(run.eval_shard), sums=counts)
+    score = metrics["accuracy" if run.task.kind == "math" else "pass@1"]
+    run.log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in metrics.items()}})
+    return score
 
-    def checkpoint(step: int) -> None:
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-                 "estimator": estimator.state_dict()}  # fmt: skip
-        if world.is_main:  # DDP keeps every rank's policy and optimizer identical
-            save_checkpoint(run, step, policy, tokenizer, state, estimator.extra_modules())
-        barrier(world)
 
-    if "eval_before" not in history:
-        history["eval_before"] = evaluate(0)
+def checkpoint(run: Run, step: int) -> None:
+    state = {"optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+             "history": run.history, "estimator": run.estimator.state_dict()}  # fmt: skip
+    if run.world.is_main:  # DDP keeps every rank's policy and optimizer identical
+        save_checkpoint(run.dir, step, run.policy, run.tokenizer, state, run.estimator.extra_modules())
+    barrier(run.world)
+    run.saved_step = step
+
+
+def finish(run: Run) -> dict:
+    cfg, history, world = run.cfg, run.history, run.world
+    run.bar.close()
+    run.log.close()
     if world.is_main:
-        print(
-            f"[train] {task.name}: held-out score before RL {history['eval_before']:.3f} on {len(eval_set)} prompts"
+        run.policy.save_pretrained(run.dir / "final")
+        run.tokenizer.save_pretrained(run.dir / "final")
+        plot_metrics(
+            run.dir / "metrics.jsonl", run.dir / "curves.png", title=f"{cfg.algo.name} on {run.task.name}"
         )
-
-    progress = progress and world.is_main
-    bar = tqdm(range(start_step, cfg.train.steps), desc=cfg.algo.name, disable=not progress, dynamic_ncols=True,
-               initial=start_step, total=cfg.train.steps)  # fmt: skip
-    step = start_step
-    stop = _GracefulStop()
-    try:
-        for step in bar:
-            examples = batch_for_step(train_set, step, cfg.train.prompts_per_step, cfg.train.seed)
-            examples = shard(examples, world.rank, world.world_size)  # this rank's prompts
-            t0 = time.time()
-            engine.wake_up()
-            params = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                    max_new_tokens=cfg.rollout.max_new_tokens,
-                                    seed=(cfg.train.seed * 100_003 + step) * world.world_size + world.rank)  # fmt: skip
-            rollouts = engine.generate([render(ex) for ex in examples], params)
-            engine.sleep()
-            t1 = time.time()
-            aligned = [examples[r.prompt_index] for r in rollouts]
-            rewards, scored, reward_metrics = score(
-                reward_fn, format_fn, cfg.task.format_reward, rollouts, aligned
-            )
-            t2 = time.time()
-            frozen = estimator.policy_frozen  # PPO's critic warm-up: the policy's schedule waits too
-            metrics = update(
-                cfg,
-                model,
-                reference,
-                estimator,
-                optimizer,
-                rollouts,
-                rewards,
-                scored,
-                tokenizer.pad_token_id,
-                device,
-            )
-            if not frozen:
-                scheduler.step()
-            engine.sync_weights(policy)
-            t3 = time.time()
-            tokens = sum(len(r.completion_ids) for r in rollouts)
-            metrics |= reward_metrics | {
-                "lr": scheduler.get_last_lr()[0], "time/generate": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2,
-                "tokens_per_s": tokens / (t3 - t0), "samples": (step + 1) * len(rollouts),
-            }  # fmt: skip
-            metrics = all_reduce_mean(metrics, world, sums=("tokens_per_s", "samples"))  # the mean over ranks
-            log.log(step + 1, metrics)
-            bar.set_postfix(reward=f"{metrics['reward/mean']:.2f}", kl=f"{metrics.get('kl', 0):.3f}")
-            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-                evaluate(step + 1)
-            if cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-                checkpoint(step + 1)
-            stop.raise_if_requested()
-        step = cfg.train.steps
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(step)
-        log.close()
-        print(
-            f"\n[train] interrupted: saved step {step} to {run}/checkpoints; continue with train.resume=true"
-        )
-        raise
-    finally:
-        stop.restore()
-    bar.close()
-
-    history["eval_after"] = evaluate(cfg.train.steps)
-    checkpoint(cfg.train.steps)
-    log.close()
-    if world.is_main:
-        policy.save_pretrained(run / "final")
-        tokenizer.save_pretrained(run / "final")
-        plot_metrics(run / "metrics.jsonl", run / "curves.png", title=f"{cfg.algo.name} on {task.name}")
+    samples = history.get("samples", 0)  # generated by this rank, refill rounds included
     result = {
-        "task": task.name, "algo": cfg.algo.name, "eval_before": round(history["eval_before"], 4),
+        "task": run.task.name, "algo": cfg.algo.name, "eval_before": round(history["eval_before"], 4),
         "eval_after": round(history["eval_after"], 4), "gain": round(history["eval_after"] - history["eval_before"], 4),
-        "steps": cfg.train.steps, "samples": cfg.train.steps * cfg.train.prompts_per_step * cfg.rollout.n,
-        "eval_prompts": len(eval_set), "wall_s": round(time.time() - t_start, 1), "model": cfg.model.path,
-        "output_dir": str(run),
+        "steps": cfg.train.steps, "samples": samples * world.world_size, "eval_prompts": run.eval_size,
+        "wall_s": round(time.time() - run.t_start, 1), "model": cfg.model.path, "output_dir": str(run.dir),
     }  # fmt: skip
     if world.is_main:
-        write_json_atomic(run / "result.json", result)
+        write_json_atomic(run.dir / "result.json", result)
     destroy(world)
     return result
 
 
+def _check_algo(cfg: Config) -> None:
+    from reasoner.config import ConfigError
+
+    try:
+        POLICY_LOSSES.get(cfg.algo.loss)
+    except KeyError as e:
+        raise ConfigError(f"algo.loss: {e.args[0]}") from None
+    if not 0 <= cfg.algo.overlong_buffer <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"algo.overlong_buffer must be in 0..rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
+                          f"(0 = off), got {cfg.algo.overlong_buffer}")  # fmt: skip
+    if cfg.algo.refill_rounds < 0:
+        raise ConfigError(f"algo.refill_rounds must be >= 0 (0 = no refill), got {cfg.algo.refill_rounds}")
+
+
+def _any_rank(flag: bool, world) -> bool:
+    """True on every rank when ``flag`` is True on any rank (one collective under torchrun)."""
+    if not world.enabled:
+        return flag
+    return all_reduce_mean({"flag": float(flag)}, world)["flag"] > 0
+
+
 def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, pad_id, device) -> dict:
-    """Compute advantages and take ``algo.inner_epochs`` clipped policy-gradient steps on one batch of rollouts."""
+    """Compute advantages and take ``algo.inner_epochs`` policy-gradient steps on one batch of rollouts."""
     ac = cfg.algo
     batch = make_batch(rollouts, pad_id, device)
-    n, mb = len(batch), cfg.train.micro_batch_size
     keep = scored.clone()  # [N] samples that take part in the loss
     if ac.mask_truncated:
         keep &= torch.tensor([r.finish_reason == "stop" for r in rollouts], device=device)
     # On-policy with one pass, the old log-probs equal the current ones: take them from the update's own
-    # forward (ratio exactly 1) instead of a separate pass. PPO's KL-in-reward needs them up front.
+    # forward (ratio exactly 1) instead of a separate pass. KL-in-reward estimators need them up front.
     on_policy = ac.inner_epochs == 1 and not estimator.kl_in_reward
-    with torch.no_grad():
-        old_logp = None
-        if not on_policy:
-            old_logp = torch.cat([sequence_logprobs(policy, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
-                                  for i in range(0, n, mb)])  # fmt: skip
-        ref_logp = None
-        if reference is not None:
-            ref_logp = torch.cat([sequence_logprobs(reference, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
-                                  for i in range(0, n, mb)])  # fmt: skip
-    engine_logp = None
-    if rollouts[0].logprobs is not None:  # the engine reported its own log-probs (vLLM)
-        engine_logp = engine_logprob_tensor(rollouts, batch.completion_mask.shape[1], device)  # [N, T]
-    elif cfg.rollout.use_engine_logprobs:
-        raise ValueError(
-            "rollout.use_engine_logprobs=true needs an engine that reports log-probs (rollout.engine=vllm)"
-        )
-    trainer_logp = torch.zeros_like(batch.completion_mask)  # [N, T] the old log-probs the loss used
+    old_logp = None if on_policy else _logprobs(policy, batch, cfg)  # [N, T]
+    ref_logp = None if reference is None else _logprobs(reference, batch, cfg)  # [N, T]
+    engine_logp = _engine_logprobs(cfg, rollouts, batch, device)  # [N, T] or None
     advantages, est_metrics, keep = estimator.advantages(
         batch, rewards, scored, keep, old_logp, ref_logp
     )  # [N, T]
     mask = batch.completion_mask * keep[:, None].float()  # [N, T]
     kl_in_loss = reference is not None and not estimator.kl_in_reward
-    norm = cfg.rollout.max_new_tokens
+    trainer_logp = torch.zeros_like(batch.completion_mask)  # [N, T] the old log-probs the loss used
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-    weight_of = _micro_weights(mask, mb, ac.loss_agg)
     # PPO's critic warm-up: no forward, backward or optimizer step (AdamW would move the weights anyway).
-    policy_epochs = 0 if estimator.policy_frozen else ac.inner_epochs
-    for _ in range(policy_epochs):
-        for i in range(0, n, mb):
-            sl = slice(i, i + mb)
-            micro, m = batch.select(sl), mask[sl]
-            logp, entropy = sequence_logprobs(policy, micro, cfg.rollout.temperature, with_entropy=True)
-            old = logp.detach() if on_policy else old_logp[sl]
-            pg, clipped = clipped_surrogate(logp, old, advantages[sl], ac.clip_low, ac.clip_high)
-            if engine_logp is not None:
-                trainer_logp[sl] = old
-                if (
-                    cfg.rollout.use_engine_logprobs
-                ):  # truncated importance sampling: sampled by the engine, not by us
-                    pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
-            loss = pg
-            if kl_in_loss:
-                kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
-                loss = loss + ac.beta * kl
-                stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
-            w = weight_of(sl)
-            total = aggregate(loss, m, ac.loss_agg, norm_length=norm) * w
-            last = i + mb >= n  # under DDP, all-reduce the gradients once per optimizer step
-            with nullcontext() if last or not isinstance(policy, DDP) else policy.no_sync():
-                total.backward()  # on every rank even when m is empty: DDP ranks must run the same backwards
-            stats["loss"] += total.item() / ac.inner_epochs
-            stats["clip_frac"] += _masked_mean(clipped.float(), m) / ac.inner_epochs * _frac(m, mask)
-            stats["entropy"] += _masked_mean(entropy, m) / ac.inner_epochs * _frac(m, mask)
+    for _ in range(0 if estimator.policy_frozen else ac.inner_epochs):
+        accumulate_gradients(cfg, policy, batch, mask, advantages, old_logp, ref_logp if kl_in_loss else None,
+                             engine_logp, trainer_logp, stats)  # fmt: skip
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
         stats["grad_norm"] += grad_norm.item() / ac.inner_epochs
         optimizer.step()
@@ -305,15 +462,64 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
         stats |= mismatch_metrics(trainer_logp, engine_logp, batch.completion_mask, cfg.rollout.tis_cap)
     stats |= estimator.update(batch, mask)
     lengths = batch.completion_mask.sum(1)
-    return (
-        stats
-        | est_metrics
-        | {
-            "completion_len": lengths.mean().item(),
-            "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / n,
-            "masked_frac": 1.0 - keep.float().mean().item(),
-        }
-    )
+    return stats | est_metrics | {
+        "completion_len": lengths.mean().item(),
+        "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
+        "masked_frac": 1.0 - keep.float().mean().item(),
+    }  # fmt: skip
+
+
+def accumulate_gradients(cfg, policy, batch, mask, advantages, old_logp, ref_logp, engine_logp, trainer_logp,
+                         stats) -> None:  # fmt: skip
+    """One pass over the batch in micro-batches: the policy loss (``algo.loss``) plus ``beta * KL`` when
+    ``ref_logp`` is given, aggregated (``algo.loss_agg``) and weighted so the gradients add up to the batch's."""
+    ac = cfg.algo
+    n, mb = len(batch), cfg.train.micro_batch_size
+    policy_loss = POLICY_LOSSES.get(ac.loss)
+    weight_of = _micro_weights(mask, mb, ac.loss_agg)
+    for i in range(0, n, mb):
+        sl = slice(i, i + mb)
+        micro, m = batch.select(sl), mask[sl]
+        logp, entropy = sequence_logprobs(
+            policy, micro, cfg.rollout.temperature, with_entropy=True
+        )  # [mb, T]
+        old = logp.detach() if old_logp is None else old_logp[sl]
+        pg, clipped = policy_loss(logp, old, advantages[sl], m, ac.clip_low, ac.clip_high)  # [mb, T]
+        if engine_logp is not None:
+            trainer_logp[sl] = old
+            if (
+                cfg.rollout.use_engine_logprobs
+            ):  # truncated importance sampling: sampled by the engine, not by us
+                pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
+        loss = pg
+        if ref_logp is not None:
+            kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
+            loss = loss + ac.beta * kl
+            stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
+        total = aggregate(loss, m, ac.loss_agg, norm_length=cfg.rollout.max_new_tokens) * weight_of(sl)
+        last = i + mb >= n  # under DDP, all-reduce the gradients once per optimizer step
+        with nullcontext() if last or not isinstance(policy, DDP) else policy.no_sync():
+            total.backward()  # on every rank even when m is empty: DDP ranks must run the same backwards
+        stats["loss"] += total.item() / ac.inner_epochs
+        stats["clip_frac"] += _masked_mean(clipped.float(), m) / ac.inner_epochs * _frac(m, mask)
+        stats["entropy"] += _masked_mean(entropy, m) / ac.inner_epochs * _frac(m, mask)
+
+
+@torch.no_grad()
+def _logprobs(model, batch: RolloutBatch, cfg: Config) -> torch.Tensor:
+    mb = cfg.train.micro_batch_size
+    return torch.cat([sequence_logprobs(model, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
+                      for i in range(0, len(batch), mb)])  # fmt: skip
+
+
+def _engine_logprobs(cfg, rollouts, batch, device) -> torch.Tensor | None:
+    if rollouts[0].logprobs is not None:  # the engine reported its own log-probs (vLLM)
+        return engine_logprob_tensor(rollouts, batch.completion_mask.shape[1], device)  # [N, T]
+    if cfg.rollout.use_engine_logprobs:
+        raise ValueError(
+            "rollout.use_engine_logprobs=true needs an engine that reports log-probs (rollout.engine=vllm)"
+        )
+    return None
 
 
 def score(
@@ -340,14 +546,25 @@ def score(
 
 
 def batch_for_step(examples: list[Example], step: int, size: int, seed: int) -> list[Example]:
-    """The prompts of ``step``: a stateless function of (seed, step), so a resumed run sees the same data.
+    """The prompts of ``step`` without refill: a stateless function of (seed, step), so a resumed run sees the
+    same data.
 
     >>> data = [Example(str(i), str(i)) for i in range(5)]
     >>> [e.prompt for e in batch_for_step(data, 2, 3, seed=0)] == [e.prompt for e in batch_for_step(data, 2, 3, seed=0)]
     True
     """
+    return stream_slice(examples, step * size, size, seed)
+
+
+def stream_slice(examples: list[Example], start: int, size: int, seed: int) -> list[Example]:
+    """Prompts ``start .. start + size`` of the endless stream: epoch after epoch, each in its own seeded order.
+
+    >>> data = [Example(str(i), str(i)) for i in range(5)]
+    >>> sorted(e.prompt for e in stream_slice(data, 0, 5, seed=0))  # one epoch holds every prompt once
+    ['0', '1', '2', '3', '4']
+    """
     out = []
-    for i in range(step * size, (step + 1) * size):
+    for i in range(start, start + size):
         epoch, j = divmod(i, len(examples))
         out.append(examples[_permutation(len(examples), seed, epoch)[j]])
     return out
@@ -401,23 +618,56 @@ def _frac(part: torch.Tensor, whole: torch.Tensor) -> float:
     return (part.sum() / whole.sum().clamp(min=1)).item()
 
 
-class _GracefulStop:
-    """Turn SIGTERM into KeyboardInterrupt at a step boundary, so `kill` saves a checkpoint like Ctrl-C."""
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by SIGINT or SIGTERM: raised at a step boundary after saving, or out of a phase that
+    changes no training state (an evaluation, the SFT warm start). ``reasoner train`` exits with 130."""
+
+
+class GracefulStop:
+    """SIGINT (Ctrl-C) and SIGTERM as a request to stop at the next step boundary; a second one aborts at once.
+
+    The handlers only set ``requested``, so an optimizer step or a checkpoint is never cut in half. Inside
+    ``immediate()`` the first signal raises ``Interrupted`` on the spot instead.
+    """
 
     def __init__(self):
         self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self._handler) if _main_thread() else None
+        self.immediate_ok = True  # False under torchrun: ranks must stop together, at a boundary
+        self._immediate = False
+        self._previous = {}
+        if _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                # A background job's ignored Ctrl-C stays ignored.
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame):
-        self.requested = True
-
-    def raise_if_requested(self):
         if self.requested:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # the second signal: abort now, save nothing
+        self.requested = True
+        # os.write, not print: a handler can run while the main code is inside a print
+        os.write(2, f"\n[train] {signal.Signals(signum).name}: stopping at the next step boundary "
+                    "(send it again to abort without saving)\n".encode())  # fmt: skip
+        if self._immediate:
+            raise Interrupted
+
+    @contextmanager
+    def immediate(self):
+        """A phase that changes no training state: a signal inside it stops the phase at once."""
+        if not self.immediate_ok:
+            yield
+            return
+        if self.requested:
+            raise Interrupted
+        self._immediate = True
+        try:
+            yield
+        finally:
+            self._immediate = False
 
     def restore(self):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def _main_thread() -> bool:

@@ -121,3 +121,35 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
     if not shift_mean:
         out = out + mean
     return torch.where(m, out, zero)
+
+
+def rloo_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    """RLOO (Kool et al. 2019; Ahmadian et al. 2024): each sample's baseline is the mean of the *other*
+    G - 1 rewards of its group, ``A_i = r_i - mean_{j != i} r_j = G / (G - 1) * (r_i - mean)``: [B*G] -> [B*G].
+
+    No division by a std. Needs G >= 2 (a group of one has no other sample to compare with).
+
+    >>> rloo_advantages(torch.tensor([1.0, 0.0, 0.0, 3.0, 1.0, 2.0]), group_size=3).tolist()
+    [1.0, -0.5, -0.5, 1.5, -1.5, 0.0]
+    """
+    if group_size < 2:
+        raise ValueError(f"RLOO needs at least 2 completions per prompt (rollout.n >= 2), got {group_size}")
+    groups = _as_groups(rewards, group_size)  # [B, G]
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (group_size - 1)  # [B, G] leave-one-out means
+    adv = torch.where(_zero_variance(groups), torch.zeros_like(groups), groups - others)  # [B, G]
+    return adv.reshape(-1)  # [B*G]
+
+
+def varying_groups(rewards: Tensor, scored: Tensor, group_size: int) -> Tensor:
+    """[B] bool: True for groups whose *scored* rewards are not all equal (DAPO's dynamic-sampling filter).
+
+    rewards, scored [B*G] (prompt-major). A group with fewer than two scored samples does not vary.
+
+    >>> varying_groups(torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), torch.tensor([1, 1, 1, 1, 0, 1]).bool(), 2).tolist()
+    [True, False, False]
+    """
+    groups = _as_groups(rewards, group_size)  # [B, G]
+    ok = scored.reshape(groups.shape).bool()  # [B, G]
+    high = torch.where(ok, groups, torch.full_like(groups, -torch.inf)).amax(dim=1)  # [B]
+    low = torch.where(ok, groups, torch.full_like(groups, torch.inf)).amin(dim=1)  # [B]
+    return (ok.sum(dim=1) >= 2) & (high > low)
