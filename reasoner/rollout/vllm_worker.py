@@ -36,6 +36,39 @@ class WeightSyncWorker:
         self.model_runner.model.load_weights(weights=weights)
         return len(weights)
 
+    def reasoner_stage_tensors(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        """CPU, same process: keep one bucket of the trainer's tensors (by reference) for ``reasoner_reload_staged``."""
+        self._reasoner_staged().extend(weights)
+        return len(weights)
+
+    def reasoner_stage_bytes(self, data: bytes, slots: list[dict]) -> int:
+        """CPU, other process: one bucket's bytes, copied through vLLM's RPC, kept for ``reasoner_reload_staged``."""
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self._reasoner_staged().extend(unpack_bucket(buffer, [Slot.from_dict(s) for s in slots]))
+        return len(slots)
+
+    def reasoner_reload_staged(self) -> int:
+        """Load everything staged in one in-place reload, which redoes the CPU backend's weight processing.
+
+        One call for the whole push: the reload processes a layer once all its tensors have arrived, and a
+        layer split across two calls would be processed half-loaded.
+        """
+        weights, self._reasoner_weights = self._reasoner_staged(), []
+        self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        # A tied LM head shares the embedding's weight but packs its own copy for the CPU GEMM
+        # (``cpu_linear``); the reload loads that weight through the embedding, so the head would keep
+        # computing logits with the old copy. Repack every layer that keeps its weight beside a packed copy.
+        for module in self.model_runner.model.modules():
+            weight = getattr(module, "weight", None)
+            if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
+                module.quant_method.process_weights_after_loading(module)
+        return len(weights)
+
+    def _reasoner_staged(self) -> list[tuple[str, torch.Tensor]]:
+        if not hasattr(self, "_reasoner_weights"):
+            self._reasoner_weights = []
+        return self._reasoner_weights
+
     def reasoner_load_bucket_ipc(self, handle: bytes, slots: list[dict]) -> int:
         """Cross-process push of one bucket: ``handle`` pickles the CUDA IPC handle of the trainer's buffer.
 
