@@ -317,7 +317,10 @@ class VLLMEngine:
         nbytes = 0
         for bucket, tensors in self._buckets(named):
             if self.in_process:
-                weights = [(s.name, t.to(dtype=getattr(torch, s.dtype))) for s, t in zip(bucket, tensors, strict=True)]
+                weights = [
+                    (s.name, t.to(dtype=getattr(torch, s.dtype)))
+                    for s, t in zip(bucket, tensors, strict=True)
+                ]
                 self.llm.collective_rpc("reasoner_stage_tensors", args=(weights,))
             else:
                 buffer = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib.metadata
 import importlib.util
 
@@ -53,13 +52,22 @@ def policy(tiny_dir):
 
 VLLM = pytest.param(
     "vllm",
-    marks=[pytest.mark.gpu, pytest.mark.vllm, pytest.mark.skipif(not vllm_usable(), reason="needs vllm and a CUDA GPU")],
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.vllm,
+        pytest.mark.skipif(not vllm_usable(), reason="needs vllm and a CUDA GPU"),
+    ],
 )
 # vLLM on CPU in both of its modes: the engine core in its own process (vLLM's default), and in this one.
 # The multiprocess one comes first: an in-process engine freezes vLLM's environment variables.
 VLLM_CPU_MODES = [
     pytest.param(
-        mode, marks=[pytest.mark.vllm, pytest.mark.slow, pytest.mark.skipif(not vllm_cpu_usable(), reason=NO_VLLM_CPU)]
+        mode,
+        marks=[
+            pytest.mark.vllm,
+            pytest.mark.slow,
+            pytest.mark.skipif(not vllm_cpu_usable(), reason=NO_VLLM_CPU),
+        ],
     )
     for mode in ("vllm-cpu-mp", "vllm-cpu-inproc")
 ]
