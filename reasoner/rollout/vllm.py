@@ -165,7 +165,9 @@ class VLLMEngine:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
         if multiprocess is not None:
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
-            vllm.envs.disable_envs_cache()  # an in-process engine froze vLLM's view of the environment
+            reset = getattr(vllm.envs, "disable_envs_cache", None)  # vLLM >= 0.11 caches its environment
+            if reset is not None:
+                reset()  # an in-process engine froze vLLM's view of the environment
         self._vllm, self.tokenizer = vllm, tokenizer
         self.n_tp, self.sleep_mode, self.sleep_level = tensor_parallel_size, sleep_mode, sleep_level
         self.bucket_bytes, self.logprobs = bucket_mb << 20, logprobs
