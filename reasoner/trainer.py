@@ -88,7 +88,7 @@ def train(cfg: Config, progress: bool = True) -> dict:
     reference = None
     if cfg.algo.beta > 0:
         reference = (
-            load_policy(model_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+            load_policy(cfg.model.reference or model_path, cfg.model.dtype, device, cfg.model.attn_implementation)
             .eval()
             .requires_grad_(False)
         )
