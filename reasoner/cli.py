@@ -35,6 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="directory to write the model and tokenizer to")
     p.add_argument("--seed", type=int, default=0)
 
+    from reasoner.serve.cli import add_feedback_arguments, add_serve_arguments
+
+    add_serve_arguments(
+        sub.add_parser("serve", help="serve the policy (OpenAI-compatible API, feedback, web page)")
+    )
+    add_feedback_arguments(
+        sub.add_parser("feedback", help="the feedback store: export preference pairs, stats")
+    )
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -88,7 +97,20 @@ def _tiny_model(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from reasoner.serve.cli import run_serve
+
+    return run_serve(args)
+
+
+def _feedback(args) -> int:
+    from reasoner.serve.cli import run_feedback
+
+    return run_feedback(args)
+
+
 COMMANDS = {"train": _train, "sft": _sft, "eval": _eval, "tiny-model": _tiny_model}
+COMMANDS.update(serve=_serve, feedback=_feedback)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -166,12 +166,34 @@ class OnlineConfig:
     users: int = 8  # concurrent users
     user_noise: float = 0.1  # mean probability that a user's thumb or choice goes against their preference
     user_noise_spread: float = 0.05  # per-user variation of that probability (uniform +-)
-    rule_before: str = "formal"  # hidden preference rule before the shift (the loop never reads it)
-    rule_after: str = "casual"  # ... and after
+    rule_before: str = "formal-tone"  # hidden preference rule before the shift (the loop never reads it)
+    rule_after: str = "casual-tone"  # ... and after
     shift_after_round: int = 2  # the users' preference changes after this many rounds' collection; 0 = never
     satisfaction_prompts: int = 64  # thumbs on the last version (fresh prompts) when the rounds are done
     max_tokens: int = 48  # users' max_tokens per request
     seed: int = 0
+
+
+@dataclass
+class ServeConfig:
+    model: str | None = None  # policy to serve; None = model.path
+    db: str = "runs/feedback.db"  # SQLAlchemy URL or a SQLite file path (WAL)
+    host: str = "127.0.0.1"  # loopback only by default; 0.0.0.0 exposes the server
+    port: int = 8000
+    api_key: str | None = None  # when set, every /v1 route needs `Authorization: Bearer KEY`
+    admin_key: str | None = None  # when set, POST /admin/deploy accepts it; unset = the route is off
+    model_name: str = "reasoner"  # the stable name /v1/models lists; it routes to the deployed version
+    version: str | None = None  # name of the served version; None = reuse the deployed one or the next vN
+    batch_window_ms: float = 5.0  # requests arriving within this window share one generate call
+    max_batch: int = 64  # sequences per generate call at most
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+    default_max_tokens: int = 64
+    max_tokens_cap: int = 256  # larger max_tokens get 422
+    max_n: int = 8
+    # FULL: an acknowledged row survives power loss too; NORMAL: only a process crash (faster)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    cpu_threads: int = 0  # torch threads on CPU; 0 = torch's default
 
 
 @dataclass
@@ -184,6 +206,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:

@@ -1,0 +1,327 @@
+"""The FastAPI app: routes only (validate, translate, call the service). One router per concern.
+
+- ``/health``; ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` (OpenAI-compatible)
+- ``/v1/feedback``, ``/v1/stats``
+- ``/admin/deploy`` (hot swap, needs ``serve.admin_key``)
+- ``/`` and ``/static/*``: the web page
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from reasoner.serve import schemas
+from reasoner.serve.service import ServeService, ServiceError, now
+
+STATIC = Path(__file__).parent / "static"
+FEEDBACK_TAGS = {"rating", "choice", "tie", "ranking"}
+CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+
+
+def _error(status: int, message: str, param: str | None = None, type: str = "invalid_request_error", **extra):
+    return JSONResponse(
+        {"error": {"message": message, "type": type, "param": param, "code": status}, **extra},
+        status_code=status,
+    )
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+def service(request: Request) -> ServeService:
+    return request.app.state.service
+
+
+Service = Annotated[ServeService, Depends(service)]
+
+
+def require_api_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
+    key = svc.cfg.api_key
+    if key is not None and not secrets.compare_digest((_bearer(authorization) or "").encode(), key.encode()):
+        raise ServiceError(
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer KEY'",
+            "Authorization",
+            "authentication_error",
+        )
+
+
+def require_admin_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
+    key = svc.cfg.admin_key
+    if key is None:
+        raise ServiceError(
+            403, "the admin route is off: start the server with serve.admin_key=KEY", None, "permission_error"
+        )
+    if not secrets.compare_digest((_bearer(authorization) or "").encode(), key.encode()):
+        raise ServiceError(
+            401,
+            "missing or wrong admin key: send 'Authorization: Bearer ADMIN_KEY'",
+            "Authorization",
+            "authentication_error",
+        )
+
+
+# --- OpenAI-compatible ----------------------------------------------------------------------------------------
+openai_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@openai_router.get("/models", response_model=schemas.ModelList)
+def list_models(svc: Service):
+    v = svc.policy.name
+    return schemas.ModelList(
+        data=[
+            schemas.ModelCard(id=svc.cfg.model_name, created=now(), root=v),
+            schemas.ModelCard(id=v, created=now(), root=v),
+        ]
+    )
+
+
+@openai_router.post("/chat/completions", response_model=schemas.ChatResponse)
+async def chat_completions(req: schemas.ChatRequest, svc: Service):
+    svc.check_model(req.model)
+    messages = [m.model_dump() for m in req.messages]
+    prompt = svc.render_chat(messages)
+    gen = await svc.generate([prompt], svc.sampling(req), req.stop, "messages")
+    cid = await anyio.to_thread.run_sync(lambda: svc.record("chat", prompt, gen, 0, req, messages))
+    choices = gen.choices[0]
+    usage = _usage(gen.prompt_tokens[0], choices)
+    if req.stream:
+        return StreamingResponse(_chat_stream(cid, gen.version, choices), media_type="text/event-stream")
+    return schemas.ChatResponse(
+        id=cid,
+        created=now(),
+        model=gen.version,
+        choices=[
+            schemas.ChatChoice(
+                index=i, message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason
+            )
+            for i, c in enumerate(choices)
+        ],
+        usage=usage,
+    )
+
+
+@openai_router.post("/completions", response_model=schemas.CompletionResponse)
+async def completions(req: schemas.CompletionRequest, svc: Service):
+    svc.check_model(req.model)
+    if isinstance(req.prompt, list) and (not req.prompt or len(req.prompt) > 64):
+        raise ServiceError(422, "prompt: give 1 to 64 prompts", "prompt")
+    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+    gen = await svc.generate(prompts, svc.sampling(req), req.stop, "prompt")
+    # one completion id per request, as OpenAI does; several prompts: choice index = prompt * n + j
+    flat = [c for per_prompt in gen.choices for c in per_prompt]
+    joined = type(gen)(gen.version, gen.prompt_tokens, [flat])
+    cid = await anyio.to_thread.run_sync(
+        lambda: svc.record("text", "\n".join(prompts) if len(prompts) > 1 else prompts[0], joined, 0, req)
+    )
+    usage = _usage(sum(t * req.n for t in gen.prompt_tokens) // max(1, req.n), flat)
+    if req.stream:
+        return StreamingResponse(_text_stream(cid, gen.version, flat), media_type="text/event-stream")
+    return schemas.CompletionResponse(
+        id=cid,
+        created=now(),
+        model=gen.version,
+        choices=[
+            schemas.TextChoice(index=i, text=c.text, finish_reason=c.finish_reason)
+            for i, c in enumerate(flat)
+        ],
+        usage=usage,
+    )
+
+
+def _usage(prompt_tokens: int, choices) -> schemas.Usage:
+    completion = sum(c.completion_tokens for c in choices)
+    return schemas.Usage(
+        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
+    )
+
+
+def _pieces(text: str, size: int = 8):
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+async def _chat_stream(cid: str, version: str, choices):
+    base = {"id": cid, "object": "chat.completion.chunk", "created": now(), "model": version}
+    for i, c in enumerate(choices):
+        yield _sse(
+            {
+                **base,
+                "choices": [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                ],
+            }
+        )
+        for piece in _pieces(c.text):
+            yield _sse(
+                {**base, "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": None}]}
+            )
+        yield _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": c.finish_reason}]})
+    yield "data: [DONE]\n\n"
+
+
+async def _text_stream(cid: str, version: str, choices):
+    base = {"id": cid, "object": "text_completion", "created": now(), "model": version}
+    for i, c in enumerate(choices):
+        for piece in _pieces(c.text):
+            yield _sse({**base, "choices": [{"index": i, "text": piece, "finish_reason": None}]})
+        yield _sse({**base, "choices": [{"index": i, "text": "", "finish_reason": c.finish_reason}]})
+    yield "data: [DONE]\n\n"
+
+
+# --- feedback -------------------------------------------------------------------------------------------------
+feedback_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+
+
+@feedback_router.post("/feedback", status_code=201, response_model=schemas.FeedbackCreated)
+def post_feedback(
+    body: schemas.Feedback,
+    svc: Service,
+    idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+):
+    return svc.feedback(body, idempotency_key)  # committed before the 201 goes out
+
+
+@feedback_router.get("/stats", response_model=schemas.StatsResponse)
+def get_stats(svc: Service):
+    return svc.stats()
+
+
+# --- admin ----------------------------------------------------------------------------------------------------
+admin_router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
+
+
+@admin_router.post("/deploy", response_model=schemas.DeployResponse)
+def deploy(req: schemas.DeployRequest, svc: Service):
+    previous = svc.policy.name
+    return schemas.DeployResponse(version=svc.deploy(req.path, req.version), previous=previous)
+
+
+# --- health and the page --------------------------------------------------------------------------------------
+page_router = APIRouter()
+
+
+@page_router.get("/health", response_model=schemas.Health)
+def health(svc: Service):
+    return schemas.Health(version=svc.policy.name, model=svc.cfg.model_name)
+
+
+@page_router.get("/", include_in_schema=False)
+def index():
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+# --- the app --------------------------------------------------------------------------------------------------
+class BodyLimit:
+    """Answer 413 to a request body over ``limit`` bytes (declared by Content-Length or counted as it arrives)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        too_big = _error(
+            413, f"request body over {self.limit} bytes (serve.max_body_bytes)", type="request_too_large"
+        )
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await too_big(scope, receive, send)
+        if declared is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            chunks, size, more = [], 0, True
+            while more:  # a chunked body: read it up to the limit, then replay it
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False)
+                if size > self.limit:
+                    return await too_big(scope, receive, send)
+            body, done = b"".join(chunks), False
+
+            async def replay():
+                nonlocal done
+                if done:
+                    return await receive()
+                done = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
+
+
+class SecurityHeaders:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def with_headers(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] += [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                ]
+            await send(message)
+
+        return await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
+
+
+def _field(loc: tuple, path: str) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "header", "query"):
+        parts = parts[1:]
+    if path.endswith("/feedback") and len(parts) > 1 and parts[0] in FEEDBACK_TAGS:
+        parts = parts[1:]  # the discriminator's tag, not a field
+    return ".".join(parts) or "body"
+
+
+def create_app(svc: ServeService) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc.batcher.start()
+        yield
+        await svc.batcher.stop()
+
+    app = FastAPI(title="reasoner serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = svc
+    for router in (openai_router, feedback_router, admin_router, page_router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, e: ServiceError):
+        return _error(e.status, e.message, e.param, e.type)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError):
+        errors = e.errors()
+        if any(err["type"] == "json_invalid" for err in errors):
+            return _error(422, "body: malformed JSON (send one JSON object)", "body")
+        fields = [_field(err["loc"], request.url.path) for err in errors]
+        message = "; ".join(f"{f}: {err['msg']}" for f, err in zip(fields, errors, strict=True))
+        detail = [{"loc": err["loc"], "msg": err["msg"], "type": err["type"]} for err in errors]
+        return _error(422, message, fields[0] if fields else None, detail=detail)
+
+    app.add_middleware(BodyLimit, limit=svc.cfg.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
+    return app

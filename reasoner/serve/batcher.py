@@ -1,0 +1,164 @@
+"""Concurrent requests share ``Engine.generate`` calls.
+
+Requests wait in an asyncio queue; the batch loop takes the first, then whatever else arrives within
+``window_s`` (up to ``max_batch`` sequences), groups them by the sampling settings one ``generate`` call can
+share (n, temperature, top_p, seed), and runs each group in one call on a single worker thread (torch runs one
+generate at a time; the event loop stays free for other requests and feedback). Each group asks for the largest
+``max_tokens`` among its requests and every request's completions are cut back to its own ``max_tokens`` and
+``stop`` strings afterwards. While a batch runs, new requests queue up and form the next batch.
+
+The policy is read once per batch: a hot swap (``ServeService.deploy``) takes effect at the next batch and never
+touches one in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from reasoner.rollout.base import SamplingParams
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: str  # stop | length
+    completion_tokens: int
+
+
+@dataclass
+class Generated:
+    version: str
+    prompt_tokens: list[int]  # per prompt
+    choices: list[list[Choice]]  # [prompt][n]
+
+
+@dataclass
+class _Item:
+    prompts: list[str]
+    params: SamplingParams  # max_new_tokens = this request's max_tokens
+    stop: list[str]
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def key(self) -> tuple:
+        p = self.params
+        return (p.n, p.temperature, p.top_p, p.seed)
+
+    @property
+    def sequences(self) -> int:
+        return len(self.prompts) * self.params.n
+
+
+def cut(text: str, ids: list[int], finish: str, max_tokens: int, stop: list[str], tokenizer, eos: int):
+    """Apply one request's ``max_tokens`` and ``stop`` to a completion generated for a longer budget."""
+    if len(ids) > max_tokens:
+        ids, finish = ids[:max_tokens], "length"
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if hits:
+        text, finish = text[: min(hits)], "stop"
+        return Choice(text, finish, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return Choice(text, finish, len([t for t in ids if t != eos]) + (1 if ids and ids[-1] == eos else 0))
+
+
+class Batcher:
+    def __init__(self, policy: Callable[[], object], window_s: float = 0.005, max_batch: int = 64):
+        self.policy, self.window_s, self.max_batch = policy, window_s, max_batch
+        self.queue: asyncio.Queue[_Item] | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.calls = 0  # generate calls made (the benchmark reads it)
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    async def generate(self, prompts: list[str], params: SamplingParams, stop: list[str]) -> Generated:
+        if self.queue is None:
+            raise RuntimeError("Batcher.start() has not run (the app's lifespan starts it)")
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Item(prompts, params, stop, future))
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.window_s
+            while sum(i.sequences for i in batch) < self.max_batch:
+                if not self.queue.empty():  # queued while the last batch ran: take it without waiting
+                    batch.append(self.queue.get_nowait())
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            policy = self.policy()  # one version per batch: a hot swap applies from the next batch on
+            groups: dict[tuple, list[_Item]] = {}
+            for item in batch:
+                groups.setdefault(item.key, []).append(item)
+            for items in groups.values():
+                items = [i for i in items if not i.future.done()]  # a client that went away
+                if not items:
+                    continue
+                try:
+                    results = await loop.run_in_executor(self.executor, self._run_group, policy, items)
+                except Exception as e:  # a failed generate fails its requests, not the server
+                    for i in items:
+                        if not i.future.done():
+                            i.future.set_exception(e)
+                    continue
+                for i, r in zip(items, results, strict=True):
+                    if not i.future.done():
+                        i.future.set_result(r)
+
+    def _run_group(self, policy, items: list[_Item]) -> list[Generated]:
+        self.calls += 1
+        prompts = [p for i in items for p in i.prompts]
+        budget = max(i.params.max_new_tokens for i in items)
+        params = SamplingParams(
+            n=items[0].params.n,
+            temperature=items[0].params.temperature,
+            top_p=items[0].params.top_p,
+            max_new_tokens=budget,
+            seed=items[0].params.seed,
+        )
+        rollouts = policy.engine.generate(prompts, params)  # prompt-major: n per prompt
+        tok, n = policy.tokenizer, params.n
+        out, start = [], 0
+        for item in items:
+            k = len(item.prompts)
+            mine = rollouts[start * n : (start + k) * n]
+            start += k
+            choices = [
+                [
+                    cut(
+                        r.text,
+                        r.completion_ids,
+                        r.finish_reason,
+                        item.params.max_new_tokens,
+                        item.stop,
+                        tok,
+                        tok.eos_token_id,
+                    )
+                    for r in mine[j * n : (j + 1) * n]
+                ]
+                for j in range(k)
+            ]
+            out.append(Generated(policy.name, [len(mine[j * n].prompt_ids) for j in range(k)], choices))
+        return out

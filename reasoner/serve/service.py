@@ -1,0 +1,232 @@
+"""The serving service: the deployed policy, batched generation, hot swaps, and feedback into the store.
+
+Routes (reasoner.serve.app) validate and translate; this module holds the logic; the store speaks SQL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from reasoner.config import ServeConfig
+from reasoner.rollout.base import SamplingParams
+from reasoner.serve.batcher import Batcher, Generated
+from reasoner.serve.store import FeedbackStore
+
+
+class ServiceError(Exception):
+    """A request the service refuses; ``status`` and ``param`` (the field at fault) go into the HTTP answer."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, type: str = "invalid_request_error"
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.type = status, message, param, type
+
+
+@dataclass
+class Policy:
+    """One loaded policy version."""
+
+    name: str
+    path: str
+    model: object
+    tokenizer: object
+    engine: object
+    max_positions: int | None
+
+
+def load_policy_version(name: str, path: str, dtype: str = "auto", max_batch: int = 64) -> Policy:
+    from reasoner.models import load_policy, load_tokenizer
+    from reasoner.rollout.hf import HFEngine
+
+    tokenizer = load_tokenizer(path)
+    model = load_policy(path, dtype)
+    model.eval()
+    engine = HFEngine(model, tokenizer, batch_size=max_batch)
+    return Policy(
+        name, path, model, tokenizer, engine, getattr(model.config, "max_position_embeddings", None)
+    )
+
+
+def resolve_path(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+class ServeService:
+    def __init__(self, cfg: ServeConfig, store: FeedbackStore, policy: Policy):
+        self.cfg, self.store, self.policy = cfg, store, policy
+        self.batcher = Batcher(lambda: self.policy, cfg.batch_window_ms / 1000.0, cfg.max_batch)
+        self._deploy_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: ServeConfig, model_path: str | None = None) -> ServeService:
+        """Open the store, load the policy and record it as the deployed version.
+
+        The version name is ``cfg.version`` if set; else the deployed version's name when it is the same path
+        (a restart); else the next free ``vN``, whose parent is the previously deployed version.
+        """
+        from reasoner.models import set_cpu_threads
+
+        set_cpu_threads(cfg.cpu_threads)
+        path = resolve_path(model_path or cfg.model or "")
+        if not path:
+            raise ValueError("no model to serve: give --model PATH (or serve.model=PATH)")
+        store = FeedbackStore(cfg.db, sqlite_synchronous=cfg.sqlite_synchronous)
+        current = store.deployed()
+        if cfg.version:
+            name = cfg.version
+        elif current is not None and current["path"] == path:
+            name = current["name"]
+        else:
+            name = _next_version(store)
+        policy = load_policy_version(name, path, cfg.dtype, cfg.max_batch)
+        parent = current["name"] if current is not None and current["name"] != name else None
+        store.record_version(name, path, parent=parent, meta={"source": "serve"})
+        store.set_deployed(name)
+        return cls(cfg, store, policy)
+
+    # --- hot swap -----------------------------------------------------------------------------------------
+    def deploy(self, path: str, version: str | None = None, meta: dict | None = None) -> str:
+        """Load ``path`` and make it the deployed version; requests in flight finish on the old one.
+
+        Returns the new version's name (``version``, or the next free ``vN``).
+        """
+        path = resolve_path(path)
+        with self._deploy_lock:
+            previous = self.policy.name
+            name = version or _next_version(self.store)
+            if name == previous:
+                raise ServiceError(409, f"version {name!r} is already deployed", "version")
+            try:
+                policy = load_policy_version(name, path, self.cfg.dtype, self.cfg.max_batch)
+            except (OSError, ValueError) as e:
+                raise ServiceError(400, f"cannot load a policy from path {path!r}: {e}", "path") from e
+            self.store.record_version(name, path, parent=previous, meta=meta or {"source": "deploy"})
+            self.store.set_deployed(name)
+            self.policy = policy  # one reference swap: the next batch uses it
+        return name
+
+    # --- generation ---------------------------------------------------------------------------------------
+    def check_model(self, requested: str | None) -> None:
+        names = (self.cfg.model_name, self.policy.name)
+        if requested is not None and requested not in names:
+            raise ServiceError(
+                404,
+                f"model {requested!r} not found; available: {', '.join(names)}",
+                "model",
+                "not_found_error",
+            )
+
+    def render_chat(self, messages: list[dict]) -> str:
+        tok = self.policy.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ServiceError(400, "this model has no chat template: use /v1/completions", "messages")
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def sampling(self, req) -> SamplingParams:
+        max_tokens = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
+        if max_tokens > self.cfg.max_tokens_cap:
+            raise ServiceError(
+                422,
+                f"max_tokens must be at most {self.cfg.max_tokens_cap} (serve.max_tokens_cap); got {max_tokens}",
+                "max_tokens",
+            )
+        if req.n > self.cfg.max_n:
+            raise ServiceError(422, f"n must be at most {self.cfg.max_n} (serve.max_n); got {req.n}", "n")
+        return SamplingParams(
+            n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_tokens, seed=req.seed
+        )
+
+    def _check_length(self, prompts: list[str], params: SamplingParams, param: str) -> None:
+        limit = self.policy.max_positions
+        if limit is None:
+            return
+        for p in prompts:
+            n = len(self.policy.tokenizer(p, add_special_tokens=False)["input_ids"])
+            if n + params.max_new_tokens > limit:
+                raise ServiceError(
+                    400,
+                    f"{param}: {n} prompt tokens + max_tokens {params.max_new_tokens} exceed the model's {limit} positions",
+                    param,
+                )
+
+    async def generate(
+        self, prompts: list[str], params: SamplingParams, stop: list[str], param: str
+    ) -> Generated:
+        self._check_length(prompts, params, param)
+        return await self.batcher.generate(prompts, params, stop)
+
+    def record(self, kind: str, prompt: str, gen: Generated, index: int, req, messages=None) -> str:
+        """Store one prompt's completions (committed before the response goes out); returns the completion id."""
+        sampling = {
+            "n": req.n, "temperature": req.temperature, "top_p": req.top_p,
+            "max_tokens": req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens,
+            "seed": req.seed, "stop": req.stop,
+        }  # fmt: skip
+        choices = gen.choices[index]
+        return self.store.record_completion(
+            prompt=prompt,
+            texts=[c.text for c in choices],
+            finish_reasons=[c.finish_reason for c in choices],
+            version=gen.version,
+            sampling=sampling,
+            messages=messages,
+            user=req.user,
+            kind=kind,
+        )
+
+    # --- feedback -----------------------------------------------------------------------------------------
+    def feedback(self, body, idempotency_key: str | None) -> dict:
+        from reasoner.serve import schemas
+        from reasoner.serve.store import IdempotencyConflict, NotFound
+
+        if isinstance(body, schemas.RatingFeedback):
+            kind, refs, field = "rating", [body.response], "response"
+        elif isinstance(body, schemas.ChoiceFeedback):
+            kind, refs, field = "choice", [body.chosen, body.rejected], "rejected"
+        elif isinstance(body, schemas.TieFeedback):
+            kind, refs, field = "tie", body.responses, "responses"
+        else:
+            kind, refs, field = "ranking", body.ranking, "ranking"
+        pairs = [(r.completion_id, r.choice) for r in refs]
+        if len(set(pairs)) != len(pairs):
+            raise ServiceError(422, f"{field}: the same response appears twice", field)
+        digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
+        try:
+            return self.store.record_feedback(
+                kind,
+                pairs,
+                rating=getattr(body, "rating", None),
+                reason=body.reason,
+                comment=body.comment,
+                both_bad=getattr(body, "both_bad", False),
+                user=body.user,
+                idempotency_key=idempotency_key,
+                body_hash=digest,
+            )
+        except NotFound as e:
+            raise ServiceError(404, str(e), field, "not_found_error") from e
+        except IdempotencyConflict as e:
+            raise ServiceError(409, str(e), "Idempotency-Key") from e
+        except ValueError as e:
+            raise ServiceError(422, f"{field}: {e}", field) from e
+
+    def stats(self) -> dict:
+        return {**self.store.stats(), "deployed": self.policy.name}
+
+
+def _next_version(store: FeedbackStore) -> str:
+    taken = {v["name"] for v in store.versions()}
+    i = len(taken)
+    while f"v{i}" in taken:
+        i += 1
+    return f"v{i}"
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,504 @@
+"""The feedback store: completions, feedback, policy versions and loop state, through SQLAlchemy 2.
+
+The only module of ``reasoner.serve`` that speaks SQL. A SQLite file (WAL, ``synchronous=FULL``) is the default;
+any SQLAlchemy URL works (``postgresql+psycopg://...`` when several server replicas share one store). Every write
+is one transaction committed before the method returns, so a row the server has acknowledged survives a kill -9.
+
+The schema carries a version (table ``schema_version``); ``MIGRATIONS[i]`` upgrades version ``i`` to ``i + 1``
+and runs once, in its own transaction, when a store is opened on an older database.
+
+>>> store = FeedbackStore("sqlite://")
+>>> cid = store.record_completion(prompt="user: hi\\nassistant:", texts=["hello"], version="v0")
+>>> store.record_feedback("rating", [(cid, 0)], rating=1)["created"]
+True
+>>> store.count_feedback()
+1
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+SCHEMA_VERSION = 1
+FEEDBACK_KINDS = ("rating", "choice", "tie", "ranking")
+
+metadata = sa.MetaData()
+schema_version = sa.Table("schema_version", metadata, sa.Column("version", sa.Integer, nullable=False))
+versions_t = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("parent", sa.String(64)),
+    sa.Column("meta", sa.Text, nullable=False),  # JSON
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("deployed_at", sa.Float),  # the deployed version is the one deployed last
+)
+completions_t = sa.Table(
+    "completions",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # chat | text
+    sa.Column("prompt", sa.Text, nullable=False),  # the text the policy saw (chat template applied)
+    sa.Column("messages", sa.Text),  # JSON list of {role, content} for chat completions
+    sa.Column("version", sa.String(64), nullable=False, index=True),
+    sa.Column("sampling", sa.Text, nullable=False),  # JSON
+    sa.Column("user", sa.String(256)),
+)
+choices_t = sa.Table(
+    "choices",
+    metadata,
+    sa.Column("completion_id", sa.String(64), sa.ForeignKey("completions.id"), primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("finish_reason", sa.String(16), nullable=False),
+)
+feedback_t = sa.Table(
+    "feedback",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # rating | choice | tie | ranking
+    sa.Column("rating", sa.Integer),  # 1 | -1 for kind == rating
+    sa.Column("reason", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("both_bad", sa.Boolean, nullable=False, default=False),  # ties: "both bad" rather than "tie"
+    sa.Column("user", sa.String(256)),
+    sa.Column("idempotency_key", sa.String(256), unique=True),
+    sa.Column("body_hash", sa.String(64)),  # what the idempotency key was first used with
+)
+feedback_items_t = sa.Table(
+    "feedback_items",
+    metadata,
+    sa.Column("feedback_id", sa.String(64), sa.ForeignKey("feedback.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),  # choice: 0 chosen, 1 rejected; ranking: best first
+    sa.Column("completion_id", sa.String(64), nullable=False, index=True),
+    sa.Column("choice", sa.Integer, nullable=False),
+)
+state_t = sa.Table(
+    "state",
+    metadata,
+    sa.Column("key", sa.String(256), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),  # JSON
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+def _create_v1(conn: sa.Connection) -> None:
+    metadata.create_all(
+        conn, tables=[versions_t, completions_t, choices_t, feedback_t, feedback_items_t, state_t]
+    )
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [_create_v1]  # MIGRATIONS[i]: schema i -> i + 1
+
+
+class NotFound(LookupError):
+    """A REF (completion id, choice) that the store does not hold; the message names it."""
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key reused with a different body."""
+
+
+def normalize_url(url: str) -> str:
+    """A bare path means a SQLite file; URLs pass through.
+
+    >>> normalize_url("runs/feedback.db")
+    'sqlite:///runs/feedback.db'
+    >>> normalize_url("postgresql+psycopg://u@localhost:5432/db")
+    'postgresql+psycopg://u@localhost:5432/db'
+    """
+    return url if "://" in url else f"sqlite:///{url}"
+
+
+class FeedbackStore:
+    def __init__(self, url: str, sqlite_synchronous: str = "FULL"):
+        self.url = normalize_url(url)
+        u = sa.engine.make_url(self.url)
+        self.is_sqlite = u.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            if u.database and u.database != ":memory:":
+                Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+            else:  # one in-memory database shared by every thread
+                kwargs = {"poolclass": sa.pool.StaticPool, "connect_args": {"check_same_thread": False}}
+            kwargs.setdefault("connect_args", {})["timeout"] = 60
+        self.engine = sa.create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            self._sqlite_setup(sqlite_synchronous)
+        self._migrate()
+
+    def _sqlite_setup(self, synchronous: str) -> None:
+        @sa.event.listens_for(self.engine, "connect")
+        def _connect(dbapi_conn, _record):
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @sa.event.listens_for(self.engine, "begin")
+        def _begin(conn):
+            # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then writes can
+            # fail with SQLITE_BUSY without waiting when another writer committed in between.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    def _tx(self):
+        return self.engine.begin()
+
+    # --- schema -------------------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._tx() as conn:
+            schema_version.create(conn, checkfirst=True)
+            current = conn.execute(sa.select(schema_version.c.version)).scalar()
+            if current is None:
+                conn.execute(schema_version.insert().values(version=0))
+                current = 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"feedback store {self.url!r} has schema version {current}, newer than this reasoner's "
+                f"{SCHEMA_VERSION}: upgrade reasoner"
+            )
+        for target in range(current + 1, SCHEMA_VERSION + 1):
+            with self._tx() as conn:
+                if conn.execute(sa.select(schema_version.c.version)).scalar() >= target:
+                    continue  # another replica migrated first
+                MIGRATIONS[target - 1](conn)
+                conn.execute(schema_version.update().values(version=target))
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(schema_version.c.version)).scalar_one()
+
+    # --- completions --------------------------------------------------------------------------------------
+    def record_completion(
+        self,
+        prompt: str,
+        texts: list[str],
+        version: str,
+        finish_reasons: list[str] | None = None,
+        sampling: dict | None = None,
+        messages: list[dict] | None = None,
+        user: str | None = None,
+        kind: str = "chat",
+        completion_id: str | None = None,
+    ) -> str:
+        cid = completion_id or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        finish_reasons = finish_reasons or ["stop"] * len(texts)
+        with self._tx() as conn:
+            conn.execute(
+                completions_t.insert().values(
+                    id=cid,
+                    created_at=time.time(),
+                    kind=kind,
+                    prompt=prompt,
+                    messages=None if messages is None else json.dumps(messages),
+                    version=version,
+                    sampling=json.dumps(sampling or {}),
+                    user=user,
+                )
+            )
+            conn.execute(
+                choices_t.insert(),
+                [
+                    {"completion_id": cid, "idx": i, "text": t, "finish_reason": f}
+                    for i, (t, f) in enumerate(zip(texts, finish_reasons, strict=True))
+                ],
+            )
+        return cid
+
+    def completion(self, completion_id: str) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(completions_t).where(completions_t.c.id == completion_id)).first()
+            if row is None:
+                raise NotFound(f"unknown completion_id {completion_id!r}")
+            choices = conn.execute(
+                sa.select(choices_t)
+                .where(choices_t.c.completion_id == completion_id)
+                .order_by(choices_t.c.idx)
+            ).all()
+        out = _completion_dict(row)
+        out["choices"] = [{"index": c.idx, "text": c.text, "finish_reason": c.finish_reason} for c in choices]
+        return out
+
+    # --- feedback -----------------------------------------------------------------------------------------
+    def record_feedback(
+        self,
+        kind: str,
+        refs: list[tuple[str, int]],
+        rating: int | None = None,
+        reason: str | None = None,
+        comment: str | None = None,
+        both_bad: bool = False,
+        user: str | None = None,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> dict:
+        """Record one feedback row; ``{"id", "created"}`` (created False: an idempotent retry).
+
+        Raises ``NotFound`` for a ref the store does not hold, ``ValueError`` for refs to different prompts
+        (choices, ties, rankings compare answers to one prompt), ``IdempotencyConflict`` for a reused key.
+        """
+        if kind not in FEEDBACK_KINDS:
+            raise ValueError(f"unknown feedback kind {kind!r}; valid: {', '.join(FEEDBACK_KINDS)}")
+        for _attempt in range(3):
+            try:
+                return self._record_feedback_once(
+                    kind, refs, rating, reason, comment, both_bad, user, idempotency_key, body_hash
+                )
+            except IntegrityError:
+                if idempotency_key is None:
+                    raise
+                # another request with the same key committed first: the loop reads its row
+        raise RuntimeError(f"could not record feedback with Idempotency-Key {idempotency_key!r}")
+
+    def _record_feedback_once(
+        self, kind, refs, rating, reason, comment, both_bad, user, idempotency_key, body_hash
+    ) -> dict:
+        with self._tx() as conn:
+            if idempotency_key is not None:
+                prior = conn.execute(
+                    sa.select(feedback_t.c.id, feedback_t.c.body_hash).where(
+                        feedback_t.c.idempotency_key == idempotency_key
+                    )
+                ).first()
+                if prior is not None:
+                    if body_hash is not None and prior.body_hash != body_hash:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was already used with a different body"
+                        )
+                    return {"id": prior.id, "created": False}
+            prompts = set()
+            for cid, choice in refs:
+                row = conn.execute(
+                    sa.select(completions_t.c.prompt)
+                    .select_from(
+                        completions_t.join(choices_t, choices_t.c.completion_id == completions_t.c.id)
+                    )
+                    .where(choices_t.c.completion_id == cid, choices_t.c.idx == choice)
+                ).first()
+                if row is None:
+                    raise NotFound(f"unknown response {{completion_id: {cid!r}, choice: {choice}}}")
+                prompts.add(row.prompt)
+            if len(prompts) > 1:
+                raise ValueError(f"{kind} feedback must compare responses to the same prompt")
+            fid = f"fb-{uuid.uuid4().hex}"
+            conn.execute(
+                feedback_t.insert().values(
+                    id=fid,
+                    created_at=time.time(),
+                    kind=kind,
+                    rating=rating,
+                    reason=reason,
+                    comment=comment,
+                    both_bad=both_bad,
+                    user=user,
+                    idempotency_key=idempotency_key,
+                    body_hash=body_hash,
+                )
+            )
+            conn.execute(
+                feedback_items_t.insert(),
+                [
+                    {"feedback_id": fid, "position": i, "completion_id": cid, "choice": choice}
+                    for i, (cid, choice) in enumerate(refs)
+                ],
+            )
+        return {"id": fid, "created": True}
+
+    def count_feedback(self, since: float | None = None, kind: str | None = None) -> int:
+        q = sa.select(sa.func.count()).select_from(feedback_t)
+        if since is not None:
+            q = q.where(feedback_t.c.created_at >= since)
+        if kind is not None:
+            q = q.where(feedback_t.c.kind == kind)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalar_one()
+
+    def feedback(self, since: float | None = None, until: float | None = None) -> list[dict]:
+        """Every feedback row in time order, each with its responses (prompt, text, version) in position order."""
+        q = (
+            sa.select(
+                feedback_t,
+                feedback_items_t.c.position,
+                feedback_items_t.c.completion_id,
+                feedback_items_t.c.choice,
+                completions_t.c.prompt,
+                completions_t.c.messages,
+                completions_t.c.version,
+                completions_t.c.sampling,
+                choices_t.c.text,
+            )
+            .select_from(
+                feedback_t.join(feedback_items_t, feedback_items_t.c.feedback_id == feedback_t.c.id)
+                .join(completions_t, completions_t.c.id == feedback_items_t.c.completion_id)
+                .join(
+                    choices_t,
+                    sa.and_(
+                        choices_t.c.completion_id == feedback_items_t.c.completion_id,
+                        choices_t.c.idx == feedback_items_t.c.choice,
+                    ),
+                )
+            )
+            .order_by(feedback_t.c.created_at, feedback_t.c.id, feedback_items_t.c.position)
+        )
+        if since is not None:
+            q = q.where(feedback_t.c.created_at >= since)
+        if until is not None:
+            q = q.where(feedback_t.c.created_at < until)
+        rows: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                fb = rows.setdefault(
+                    r.id,
+                    {
+                        "id": r.id,
+                        "kind": r.kind,
+                        "created_at": r.created_at,
+                        "rating": r.rating,
+                        "reason": r.reason,
+                        "comment": r.comment,
+                        "both_bad": bool(r.both_bad),
+                        "user": r.user,
+                        "responses": [],
+                    },
+                )
+                fb["responses"].append(
+                    {
+                        "completion_id": r.completion_id,
+                        "choice": r.choice,
+                        "prompt": r.prompt,
+                        "messages": None if r.messages is None else json.loads(r.messages),
+                        "text": r.text,
+                        "version": r.version,
+                        "sampling": json.loads(r.sampling),
+                    }
+                )
+        return list(rows.values())
+
+    def export_pairs(
+        self, since: float | None = None, until: float | None = None, versions: Iterable[str] | None = None
+    ) -> list[dict]:
+        """Preference pairs ``{prompt, chosen, rejected, ...metadata}`` in the reward model's data format."""
+        from reasoner.serve.pairs import preference_pairs
+
+        return preference_pairs(self.feedback(since, until), versions=versions)
+
+    def stats(self) -> dict:
+        """Per-version thumbs-up rate, win rate and a Bradley–Terry rating (see reasoner.serve.pairs)."""
+        from reasoner.serve.pairs import version_stats
+
+        with self.engine.connect() as conn:
+            served = dict(
+                conn.execute(
+                    sa.select(completions_t.c.version, sa.func.count()).group_by(completions_t.c.version)
+                ).all()
+            )
+        return version_stats(self.feedback(), [v["name"] for v in self.versions()], served)
+
+    # --- versions -----------------------------------------------------------------------------------------
+    def record_version(
+        self, name: str, path: str, parent: str | None = None, meta: dict | None = None
+    ) -> dict:
+        """Add a policy version (idempotent for the same name and path); returns its row."""
+        with self._tx() as conn:
+            row = conn.execute(sa.select(versions_t).where(versions_t.c.name == name)).first()
+            if row is None:
+                conn.execute(
+                    versions_t.insert().values(
+                        name=name,
+                        path=str(path),
+                        parent=parent,
+                        meta=json.dumps(meta or {}),
+                        created_at=time.time(),
+                    )
+                )
+            elif row.path != str(path):
+                raise ValueError(f"version {name!r} already exists with path {row.path!r}, not {str(path)!r}")
+        return self.version(name)
+
+    def version(self, name: str) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(versions_t).where(versions_t.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"unknown version {name!r}")
+        return _version_dict(row)
+
+    def versions(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(versions_t).order_by(versions_t.c.created_at, versions_t.c.name)
+            ).all()
+        return [_version_dict(r) for r in rows]
+
+    def set_deployed(self, name: str) -> None:
+        with self._tx() as conn:
+            done = conn.execute(
+                versions_t.update().where(versions_t.c.name == name).values(deployed_at=time.time())
+            ).rowcount
+        if not done:
+            raise NotFound(f"unknown version {name!r}")
+
+    def deployed(self) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(versions_t)
+                .where(versions_t.c.deployed_at.is_not(None))
+                .order_by(versions_t.c.deployed_at.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _version_dict(row)
+
+    # --- key-value state for resumable loops --------------------------------------------------------------
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(state_t.c.value).where(state_t.c.key == key)).scalar()
+        return default if value is None else json.loads(value)
+
+    def set_state(self, key: str, value: Any) -> None:
+        data = json.dumps(value)
+        with self._tx() as conn:
+            done = conn.execute(
+                state_t.update().where(state_t.c.key == key).values(value=data, updated_at=time.time())
+            ).rowcount
+            if not done:
+                conn.execute(state_t.insert().values(key=key, value=data, updated_at=time.time()))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _completion_dict(row) -> dict:
+    return {
+        "id": row.id,
+        "created_at": row.created_at,
+        "kind": row.kind,
+        "prompt": row.prompt,
+        "messages": None if row.messages is None else json.loads(row.messages),
+        "version": row.version,
+        "sampling": json.loads(row.sampling),
+        "user": row.user,
+    }
+
+
+def _version_dict(row) -> dict:
+    return {
+        "name": row.name,
+        "path": row.path,
+        "parent": row.parent,
+        "meta": json.loads(row.meta),
+        "created_at": row.created_at,
+        "deployed_at": row.deployed_at,
+    }
