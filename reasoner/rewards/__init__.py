@@ -27,5 +27,5 @@ REWARDS: Registry[RewardFn] = Registry("reward function")
 def get_reward(name: str) -> RewardFn:
     # Import the modules that register rewards lazily, so importing reasoner stays cheap.
     if name not in REWARDS:
-        from reasoner.rewards import code, format, math  # noqa: F401
+        from reasoner.rewards import code, format, gold, math  # noqa: F401
     return REWARDS.get(name)
