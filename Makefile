@@ -15,7 +15,7 @@ TINY_MODEL ?= runs/tiny-model
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install docker sandbox-image test test-fast train-math train-code eval bench lint help
+.PHONY: install docker sandbox-image test test-fast train-math train-code online eval bench lint help
 
 help:
 	@echo "make install | test | train-math [ALGO=ppo] | train-code [ALGO=ppo] | eval ARGS='...' | bench | lint | docker | sandbox-image"
@@ -56,6 +56,11 @@ train-math: install $(TINY_MODEL)/config.json
 
 train-code: install sandbox-image $(TINY_MODEL)/config.json
 	$(VENV)/bin/reasoner train --config $(CONFIG_CODE) $(ARGS)
+
+# The online loop on the offline default: simulated users over HTTP, RM + GRPO rounds, gated redeploys.
+CONFIG_ONLINE ?= configs/online.yaml
+online: install $(TINY_MODEL)/config.json
+	$(VENV)/bin/reasoner online --config $(CONFIG_ONLINE) $(ARGS)
 
 eval: install
 	$(VENV)/bin/reasoner eval $(ARGS)

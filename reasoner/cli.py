@@ -44,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser("feedback", help="the feedback store: export preference pairs, stats")
     )
 
+    p = sub.add_parser(
+        "online",
+        help="the online loop: serve, collect feedback, RM update, RL round, gate, redeploy; resumable",
+    )
+    _config_args(p)
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -111,6 +117,21 @@ def _feedback(args) -> int:
 
 COMMANDS = {"train": _train, "sft": _sft, "eval": _eval, "tiny-model": _tiny_model}
 COMMANDS.update(serve=_serve, feedback=_feedback)
+
+
+def _online(args) -> int:
+    from reasoner.online import run_online
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        result = run_online(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result))
+    return 0
+
+
+COMMANDS["online"] = _online
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -167,7 +167,10 @@ class OnlineLoop:
     # -- serving -----------------------------------------------------------------------------------------
     @contextmanager
     def serving(self):
-        from reasoner.serve import run_in_thread
+        """The server (a thread) on the store's deployed version, and the simulated users when simulating."""
+        from reasoner.serve.app import create_app
+        from reasoner.serve.server import run_in_thread
+        from reasoner.serve.service import ServeService
         from reasoner.simusers import Population, make_users
         from reasoner.tasks.preference import gold_score, make_prompt
 
@@ -176,15 +179,15 @@ class OnlineLoop:
         sc.version = deployed["name"]
         if self.oc.simulate:
             sc.host, sc.port = "127.0.0.1", 0  # a free port on loopback
-        self.server = run_in_thread(sc, model_path=deployed["path"])
+        self.service = ServeService.from_config(sc, model_path=deployed["path"])
+        self.server = run_in_thread(create_app(self.service), sc.host, sc.port)
         self.log(f"serving {deployed['name']} at {self.server.url}")
         try:
             if self.oc.simulate:
                 users = make_users(self.oc.users, self.oc.user_noise, self.oc.user_noise_spread, self.oc.seed)
                 self.population = Population(
-                    self.server.url, users, gold_score, make_prompt,
-                    self.run_dir / "simusers" / "journal.jsonl", self.oc.rule_before,
-                    max_tokens=self.oc.max_tokens, seed=self.oc.seed, api_key=sc.api_key,
+                    self.server.url, users, gold_score, make_prompt, self.run_dir / "simusers" / "journal.jsonl",
+                    self.oc.rule_before, max_tokens=self.oc.max_tokens, seed=self.oc.seed, api_key=sc.api_key,
                 )  # fmt: skip
                 replayed = self.population.replay_pending()
                 if replayed:
@@ -194,6 +197,7 @@ class OnlineLoop:
             if self.population is not None:
                 self.population.close()
             self.server.stop()
+            self.service.store.close()
 
     def rule_for(self, r: int) -> str:
         """The simulated users' hidden rule while round ``r`` collects (the loop's learner never calls this)."""
@@ -326,7 +330,7 @@ class OnlineLoop:
         meta = {"round": r, "parent": rl["parent"], "rm": rl["rm"], "window": self.state(f"round/{r}/rm")["window"],
                 "gate": {k: gate[k] for k in ("win_rate", "score_candidate", "score_parent", "kl")}}  # fmt: skip
         if self.store.deployed()["name"] != name:
-            self.server.service.deploy(path, name, meta=meta)
+            self.service.deploy(path, name, meta=meta)
         self.log(f"round {r}: deployed {name} (parent {rl['parent']})")
         return {"deployed": name, "path": path, "parent": rl["parent"]}
 
