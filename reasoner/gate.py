@@ -56,7 +56,9 @@ def win_rate(candidate: Sequence[float], parent: Sequence[float]) -> float:
     0.625
     """
     if len(candidate) != len(parent) or not candidate:
-        raise ValueError(f"win_rate needs equal, non-empty score lists; got {len(candidate)} and {len(parent)}")
+        raise ValueError(
+            f"win_rate needs equal, non-empty score lists; got {len(candidate)} and {len(parent)}"
+        )
     wins = sum(1.0 if c > p else 0.5 if c == p else 0.0 for c, p in zip(candidate, parent, strict=True))
     return wins / len(candidate)
 
@@ -102,7 +104,9 @@ def compare(
     out["verifiable_candidate"] = out["verifiable_parent"] = None
     if verifiable is not None:
         for name in texts:
-            got = [s for s in verifiable(texts[name], [r.prompt_index for r in rollouts[name]]) if s is not None]
+            got = [
+                s for s in verifiable(texts[name], [r.prompt_index for r in rollouts[name]]) if s is not None
+            ]
             out[f"verifiable_{name}"] = sum(got) / len(got) if got else None
         if out["verifiable_parent"] is None or out["verifiable_candidate"] is None:
             out["verifiable_candidate"] = out["verifiable_parent"] = None

@@ -150,7 +150,9 @@ class OnlineLoop:
         if self.cfg.sft.steps > 0:
             from reasoner.sft import run_sft
 
-            model_path = str(run_sft(self.cfg, model_path, Path(self.cfg.sft.output_dir), progress=self.progress))
+            model_path = str(
+                run_sft(self.cfg, model_path, Path(self.cfg.sft.output_dir), progress=self.progress)
+            )
         path = self._copy_version(model_path, "v0")
         self.store.record_version("v0", path, parent=None, meta={"source": "online", "base": model_path})
         self.store.set_deployed("v0")
@@ -254,9 +256,13 @@ class OnlineLoop:
 
         rounds = self.pairs_by_round(r)
         train_now, heldout = split_heldout(rounds[-1], self.oc.holdout_frac)
-        rows = rm_window([*rounds[:-1], train_now], self.oc.rm_window, self.oc.rm_last_n, self.oc.rm_half_life)
+        rows = rm_window(
+            [*rounds[:-1], train_now], self.oc.rm_window, self.oc.rm_last_n, self.oc.rm_half_life
+        )
         old = self.current_rm(r)
-        base = old if (old and self.oc.rm_warm_start) else (self.oc.rm_base or self.store.version("v0")["path"])
+        base = (
+            old if (old and self.oc.rm_warm_start) else (self.oc.rm_base or self.store.version("v0")["path"])
+        )
         out_dir = self.run_dir / "rounds" / str(r) / "rm"
         shutil.rmtree(out_dir, ignore_errors=True)  # a killed attempt left a partial model: train it again
         _write_jsonl(self.run_dir / "rounds" / str(r) / "rm_train.jsonl", rows)
@@ -268,7 +274,9 @@ class OnlineLoop:
         old_acc = evaluate_reward_model(old, heldout)["accuracy"] if old else None
         keep_old = old is not None and new_acc is not None and old_acc > new_acc
         model = old if keep_old else result["model"]
-        self.log(f"round {r}: RM accuracy {new_acc} (old {old_acc}) on {len(heldout)} held-out pairs -> {model}")
+        self.log(
+            f"round {r}: RM accuracy {new_acc} (old {old_acc}) on {len(heldout)} held-out pairs -> {model}"
+        )
         return {"model": model, "trained": result["model"], "base": base, "accuracy": new_acc,
                 "old_accuracy": old_acc, "kept_old": keep_old, "train_pairs": len(rows), "heldout_pairs": len(heldout),
                 "window": {"mode": self.oc.rm_window, "rounds": [self.state(f"round/{j}/collect") for j in range(1, r + 1)]},
@@ -290,7 +298,11 @@ class OnlineLoop:
         cfg.model.path = parent["path"]
         cfg.model.reference = self.store.version("v0")["path"] if self.oc.kl_anchor == "original" else None
         cfg.sft.steps = 0
-        cfg.task.name, cfg.task.train, cfg.task.test = "prompts", str(rdir / "rl_prompts.jsonl"), str(rdir / "gate_prompts.jsonl")
+        cfg.task.name, cfg.task.train, cfg.task.test = (
+            "prompts",
+            str(rdir / "rl_prompts.jsonl"),
+            str(rdir / "gate_prompts.jsonl"),
+        )
         cfg.task.train_size, cfg.task.eval_size, cfg.task.chat_template = None, min(8, len(heldout)), False
         cfg.task.rewards = [RewardTerm(name="model", weight=1.0)]
         cfg.reward_model.paths = [rm]
@@ -325,7 +337,9 @@ class OnlineLoop:
         if not gate["accept"]:
             return {"deployed": None, "serving": rl["parent"]}
         accepted = sum(1 for j in range(1, r) if (self.state(f"round/{j}/deploy") or {}).get("deployed"))
-        name = f"v{accepted + 1}"  # a function of the recorded rounds: a rerun after a kill picks the same name
+        name = (
+            f"v{accepted + 1}"  # a function of the recorded rounds: a rerun after a kill picks the same name
+        )
         path = self._copy_version(rl["candidate"], name)
         meta = {"round": r, "parent": rl["parent"], "rm": rl["rm"], "window": self.state(f"round/{r}/rm")["window"],
                 "gate": {k: gate[k] for k in ("win_rate", "score_candidate", "score_parent", "kl")}}  # fmt: skip

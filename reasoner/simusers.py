@@ -44,9 +44,7 @@ def make_users(count: int, noise: float, spread: float, seed: int) -> list[User]
     ['user-0', 'user-1', 'user-2']
     """
     rng = random.Random(f"users-{seed}")
-    return [
-        User(f"user-{i}", min(0.5, max(0.0, noise + rng.uniform(-spread, spread)))) for i in range(count)
-    ]
+    return [User(f"user-{i}", min(0.5, max(0.0, noise + rng.uniform(-spread, spread)))) for i in range(count)]
 
 
 def judge(gold: tuple[float, float], noise: float, rng: random.Random) -> tuple[int | None, int]:

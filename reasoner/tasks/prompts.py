@@ -19,7 +19,9 @@ from reasoner.tasks.base import Example, Task
 
 def load(source: str | None, split: str, size: int | None, seed: int) -> list[Example]:
     if source is None:
-        raise ValueError("task 'prompts' reads a JSON-lines file of {\"prompt\": ...}: set task.train / task.test")
+        raise ValueError(
+            "task 'prompts' reads a JSON-lines file of {\"prompt\": ...}: set task.train / task.test"
+        )
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"task 'prompts': no file {source!r}")
