@@ -1,4 +1,4 @@
-"""`reasoner train | sft | eval | tiny-model`: the command line.
+"""`reasoner train | sft | eval | rm | rlhf | tiny-model`: the command line.
 
 Training commands take ``--config FILE.yaml`` and any number of ``key.sub=value`` overrides, e.g.
 ``reasoner train --config configs/math.yaml algo.beta=0.0 train.steps=50``.
@@ -29,6 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     from reasoner.evaluate import add_eval_arguments
 
     add_eval_arguments(p)
+    p = sub.add_parser("rm", help="reward models: train (Bradley–Terry on preference pairs) | eval")
+    rm_sub = p.add_subparsers(dest="rm_command", required=True, metavar="SUBCOMMAND")
+    q = rm_sub.add_parser("train", help="train a reward model; ends with one JSON line (accuracy, model)")
+    q.add_argument("--model", required=True, help="causal LM or reward model to start from (dir or hub id)")
+    q.add_argument("--data", required=True, help="preference pairs: .jsonl/.json/.parquet or a hub id")
+    q.add_argument("--eval-data", help="held-out preference pairs (accuracy is reported on them)")
+    q.add_argument("--out", required=True, help="run directory; the model is saved to OUT/final")
+    _config_args(q)
+    q = rm_sub.add_parser("eval", help="pairwise accuracy of a reward model on preference pairs")
+    q.add_argument("--model", required=True, help="a directory written by `reasoner rm train`")
+    q.add_argument("--data", required=True, help="preference pairs: .jsonl/.json/.parquet or a hub id")
+    q.add_argument("--out", required=True, help="JSON report to write")
+    _config_args(q)
+    p = sub.add_parser("rlhf", help="offline RLHF demo: SFT, preference pairs, reward model, GRPO; JSON line")
+    _config_args(p)
     p = sub.add_parser(
         "tiny-model", help="build the offline character-level policy (Llama-shaped, ~1M parameters)"
     )
@@ -94,6 +109,50 @@ def _eval(args) -> int:
     return run_eval(args)
 
 
+def _rm(args) -> int:
+    from reasoner.data import DataError
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        if args.rm_command == "train":
+            from reasoner.rm import train_reward_model
+
+            try:
+                result = train_reward_model(
+                    cfg, args.model, args.data, args.eval_data, args.out, not args.no_progress
+                )
+            except KeyboardInterrupt:
+                return 130
+            print(json.dumps(result))
+            return 0
+        from pathlib import Path
+
+        from reasoner.checkpoint import write_json_atomic
+        from reasoner.rm import evaluate_reward_model
+
+        report = evaluate_reward_model(args.model, args.data, cfg)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(args.out), report)
+        print(report["markdown"])
+        print(json.dumps({k: v for k, v in report.items() if k not in ("records", "markdown")}))
+        return 0
+    except DataError as e:
+        print(f"reasoner rm {args.rm_command}: data error: {e}", file=sys.stderr)
+        return 2
+
+
+def _rlhf(args) -> int:
+    from reasoner.rlhf import run_rlhf
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        result = run_rlhf(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result))
+    return 0
+
+
 def _tiny_model(args) -> int:
     from reasoner.models import build_tiny_model, count_parameters, load_policy
 
@@ -115,7 +174,7 @@ def _feedback(args) -> int:
     return run_feedback(args)
 
 
-COMMANDS = {"train": _train, "sft": _sft, "eval": _eval, "tiny-model": _tiny_model}
+COMMANDS = {"train": _train, "sft": _sft, "eval": _eval, "tiny-model": _tiny_model, "rm": _rm, "rlhf": _rlhf}
 COMMANDS.update(serve=_serve, feedback=_feedback)
 
 

@@ -39,6 +39,14 @@ class ModelConfig:
 
 
 @dataclass
+class RewardTerm:
+    name: str = (
+        "math"  # a name in reasoner.rewards.REWARDS, or "model" (the reward model(s) in `reward_model`)
+    )
+    weight: float = 1.0
+
+
+@dataclass
 class TaskConfig:
     name: str = "arithmetic"  # see reasoner.tasks.TASKS
     train: str | None = (
@@ -52,6 +60,9 @@ class TaskConfig:
     system_prompt: str | None = None
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
     format_reward: float = 0.0  # weight of the <think>...</think> format reward; 0 = off
+    # Weighted rewards, each logged on its own as reward/<name>, e.g. [{name: math, weight: 1.0}, {name: model,
+    # weight: 0.5}]; empty = the task's own reward. format_reward > 0 adds {name: format, weight: format_reward}.
+    rewards: list[RewardTerm] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +208,59 @@ class ServeConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """The reward ``model`` (reasoner/rewards/model.py): one or several RMs trained by `reasoner rm train`."""
+
+    paths: list[str] = field(default_factory=list)  # RM directories (or hub ids); several = an ensemble
+    normalize: Literal["stats", "batch", "none"] = "stats"  # stats: the mean/std saved beside each RM
+    clip: float = 0.0  # clip each normalised reward to [-clip, clip]; 0 = off
+    ensemble: Literal["mean", "mean-std", "min"] = "mean-std"  # how several RMs combine (Coste et al. 2023)
+    lam: float = 1.0  # the lambda of mean - lambda * std
+    batch_size: int = 64  # texts per RM forward
+
+
+@dataclass
+class RMConfig:
+    """`reasoner rm train`: a Bradley–Terry reward model on preference pairs."""
+
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32  # pairs per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    schedule: Literal["constant", "cosine"] = "cosine"
+    max_grad_norm: float = 1.0
+    center_coef: float = (
+        0.0  # coefficient * mean((r_chosen + r_rejected)^2), TRL's center_rewards_coefficient
+    )
+    max_length: int = 512  # tokens per prompt + response (longer texts keep their end)
+    eval_every: int = 50  # 0 = only at the end
+    save_every: int = 100
+    resume: bool = False
+    output_dir: str = "runs/rm"
+    stats_samples: int = 2000  # training responses scored for the saved reward mean/std
+    # Field names in the preference rows; rows may carry any other fields (kept as metadata).
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
+    margin_field: str = "margin"  # optional per-pair margin
+    weight_field: str = "weight"  # optional per-pair loss weight (e.g. recency)
+
+
+@dataclass
+class RLHFConfig:
+    """`reasoner rlhf` / `make train-rlhf`: the offline end-to-end demo on the preference task."""
+
+    rule: str = "helpful-formal"  # the hidden gold rule labelling the pairs (reasoner.tasks.preference.RULES)
+    noise: float = 0.1  # fraction of training pairs whose label is flipped (people are noisy)
+    pairs: int = 4000  # training pairs
+    eval_pairs: int = 500  # held-out pairs, labelled by the gold rule without noise
+    ensemble: int = 1  # reward models (seeds train.seed, +1, ...); more than 1 = a conservative ensemble
+    output_dir: str = "runs/rlhf"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -207,6 +271,9 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    rm: RMConfig = field(default_factory=RMConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    rlhf: RLHFConfig = field(default_factory=RLHFConfig)
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
@@ -287,6 +354,13 @@ def _check(key: str, value: Any, hint: Any, source: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{key!r} must be a list; got {value!r} ({source})")
         return [_check(f"{key}[{i}]", v, inner, source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):  # an item of a list of sections, e.g. task.rewards[0]
+        if not isinstance(value, dict):
+            names = ", ".join(f.name for f in dataclasses.fields(hint))
+            raise ConfigError(f"{key!r} must be a mapping with keys {names}; got {value!r} ({source})")
+        obj = hint()
+        _apply(obj, value, prefix=f"{key}.", source=source)
+        return obj
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):

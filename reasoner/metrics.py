@@ -57,14 +57,14 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
-def plot_metrics(jsonl: Path, png: Path, title: str = "") -> Path:
+def plot_metrics(jsonl: Path, png: Path, title: str = "", keys: list[tuple[str, str]] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_metrics(jsonl)
-    keys = [(k, label) for k, label in PLOT_KEYS if any(k in r for r in rows)]
+    keys = [(k, label) for k, label in (keys or PLOT_KEYS) if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
     for ax, (key, label) in zip(axes[0], keys, strict=True):
         pts = [(r["step"], r[key]) for r in rows if key in r]

@@ -49,7 +49,7 @@ from reasoner.evaluate import evaluate_model
 from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.rewards import get_reward
+from reasoner.rewards.combine import build_reward
 from reasoner.rollout import SamplingParams, make_engine
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
 from reasoner.tasks import get_task
@@ -98,8 +98,8 @@ def train(cfg: Config, progress: bool = True) -> dict:
     train_set = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
     eval_set = task.load(cfg.task.test, cfg.task.test_split, cfg.task.eval_size, cfg.train.seed)
     eval_shard = shard(eval_set, world.rank, world.world_size, even=False)
-    reward_fn = get_reward(task.reward)
-    format_fn = get_reward("format") if cfg.task.format_reward > 0 else None
+    reward_fn = build_reward(cfg, task.reward, device)  # the task's reward, or task.rewards weighted
+    format_fn = None  # task.format_reward is one of build_reward's terms
     render = prompt_renderer(tokenizer, cfg)
     engine = make_engine(cfg.rollout, policy, tokenizer, model_path)
 

@@ -1,0 +1,61 @@
+"""Reward-model math: the Bradley–Terry pairwise loss, its metrics, and the conservative ensemble aggregate.
+
+Bradley–Terry models P(chosen > rejected) = σ(r_c − r_r); the loss is its negative log-likelihood,
+−log σ(r_c − r_r − m) with an optional per-pair margin m (Llama 2's margin loss: pairs rated far apart must be
+separated by more). Centring (TRL's ``center_rewards_coefficient``, Eisenstein et al. 2023) adds
+c · mean((r_c + r_r)²), which pins the scale's zero so rewards from different runs are comparable.
+
+>>> r_c, r_r = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])
+>>> round(bradley_terry_loss(r_c, r_r).item(), 4)  # (-log σ(2) - log σ(0)) / 2
+0.41
+>>> ensemble_aggregate(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), "mean-std", lam=1.0).tolist()
+[1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ENSEMBLE_AGGREGATES = ("mean", "mean-std", "min")
+
+
+def bradley_terry_loss(
+    r_chosen: torch.Tensor,  # [B]
+    r_rejected: torch.Tensor,  # [B]
+    margin: torch.Tensor | None = None,  # [B]; 0 = plain Bradley–Terry
+    weight: torch.Tensor | None = None,  # [B] per-pair loss weight (e.g. recency); None = 1
+    center_coef: float = 0.0,
+) -> torch.Tensor:
+    """Weighted mean over pairs of −log σ(r_c − r_r − margin), plus ``center_coef`` · mean((r_c + r_r)²)."""
+    diff = r_chosen - r_rejected  # [B]
+    if margin is not None:
+        diff = diff - margin
+    nll = -F.logsigmoid(diff)  # [B]
+    if weight is None:
+        loss = nll.mean()
+    else:
+        loss = (nll * weight).sum() / weight.sum().clamp(min=1e-12)
+    if center_coef:
+        loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
+    return loss
+
+
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """[B] 1 where the chosen response scores higher, 0.5 on an exact tie, else 0."""
+    return (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()
+
+
+def ensemble_aggregate(scores: torch.Tensor, mode: str = "mean-std", lam: float = 1.0) -> torch.Tensor:
+    """Combine K reward models' scores [K, N] into one [N]: ``mean``, ``mean-std`` (mean − λ·std, the
+    uncertainty-weighted objective of Coste et al. 2023) or ``min`` (worst case). std is the population std
+    over the K members, so K = 1 gives std 0."""
+    if scores.dim() != 2:
+        raise ValueError(f"ensemble_aggregate wants scores shaped [K, N], got {tuple(scores.shape)}")
+    if mode == "mean":
+        return scores.mean(0)
+    if mode == "mean-std":
+        return scores.mean(0) - lam * scores.std(0, unbiased=False)
+    if mode == "min":
+        return scores.min(0).values
+    raise ValueError(f"unknown ensemble aggregate {mode!r}; valid: {', '.join(ENSEMBLE_AGGREGATES)}")

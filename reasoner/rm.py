@@ -1,0 +1,337 @@
+"""Reward-model training (Bradley–Terry) on preference pairs, and its evaluation; scoring is in rewards/model.py.
+
+Data is TRL's preference format, read through ``datasets`` (local .jsonl/.json/.parquet or a hub id) or given
+as a list of row dicts:
+
+- explicit prompt: ``{prompt, chosen, rejected}`` (strings; the RM scores ``prompt + response``);
+- implicit prompt: ``{chosen, rejected}``, each the whole text (e.g. Anthropic/hh-rlhf);
+- conversational: the same with lists of ``{role, content}`` messages, rendered with the tokenizer's chat template;
+- optional ``margin`` (per-pair margin in the loss) and ``weight`` (per-pair loss weight, e.g. recency).
+
+Field names are configurable (``rm.prompt_field`` ...); every other field is kept as metadata, and
+`reasoner rm eval` reports accuracy per value of the categorical ones. A bad row fails naming the source, the
+row (1-based) and the field.
+
+The loop is `reasoner train`'s machinery on pairs: ``optim.make_optimizer``/``make_scheduler``, stateless
+batches (``trainer.batch_for_step``), atomic checkpoints and resume (``checkpoint.py``), JSON-lines metrics
+and a PNG (``metrics.py``), a tqdm bar, Ctrl-C/SIGTERM saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy
+from reasoner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_json_atomic
+from reasoner.config import Config, RMConfig, to_dict
+from reasoner.data import DataError, load_records
+from reasoner.metrics import MetricsLogger, plot_metrics
+from reasoner.models import default_device, set_cpu_threads
+from reasoner.optim import make_optimizer, make_scheduler
+from reasoner.rewards.model import STATS_FILE, encode_texts, load_rm, score_texts
+
+RM_PLOT_KEYS = [("loss", "BT loss"), ("accuracy", "train accuracy"), ("eval/accuracy", "held-out accuracy"),
+                ("eval/margin", "held-out margin"), ("lr", "learning rate")]  # fmt: skip
+
+
+@dataclass
+class Pair:
+    chosen: str  # the whole text the RM scores (prompt + response, or the rendered conversation)
+    rejected: str
+    margin: float = 0.0
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    chat: bool = False  # rendered with the chat template
+
+
+# ---- data ------------------------------------------------------------------------------------------
+
+
+def load_pairs(data: str | Sequence[dict], tokenizer, rc: RMConfig, split: str = "train") -> list[Pair]:
+    """Preference rows from a path / hub id / list of dicts, checked and rendered to texts."""
+    if isinstance(data, (str, Path)):
+        source = str(data)
+        rows = load_records(source, split)
+    else:
+        source, rows = "<rows>", list(data)
+    if not rows:
+        raise DataError(f"{source}: no preference rows")
+    return [_pair(row, i + 1, source, tokenizer, rc) for i, row in enumerate(rows)]
+
+
+def _pair(row: dict, n: int, source: str, tokenizer, rc: RMConfig) -> Pair:
+    where = f"{source}: row {n}"
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{where} is {type(row).__name__}, not a mapping with {rc.chosen_field!r} and {rc.rejected_field!r}"
+        )
+    for key in (rc.chosen_field, rc.rejected_field):
+        if row.get(key) is None:
+            present = ", ".join(sorted(k for k, v in row.items() if v is not None))
+            raise DataError(
+                f"{where} has no field {key!r} (present: {present}); set rm.{'chosen' if key == rc.chosen_field else 'rejected'}_field to rename it"
+            )
+    prompt = row.get(rc.prompt_field)
+    chosen = _render(
+        prompt,
+        row[rc.chosen_field],
+        tokenizer,
+        f"{where}, field {rc.chosen_field!r}",
+        f"{where}, field {rc.prompt_field!r}",
+    )
+    rejected = _render(
+        prompt,
+        row[rc.rejected_field],
+        tokenizer,
+        f"{where}, field {rc.rejected_field!r}",
+        f"{where}, field {rc.prompt_field!r}",
+    )
+    nums = {}
+    for key, default in ((rc.margin_field, 0.0), (rc.weight_field, 1.0)):
+        value = row.get(key, default)
+        value = default if value is None else value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"{where}, field {key!r}: must be a number, got {value!r}")
+        if key == rc.weight_field and value < 0:
+            raise DataError(f"{where}, field {key!r}: a loss weight must be >= 0, got {value!r}")
+        nums[key] = float(value)
+    skip = {rc.prompt_field, rc.chosen_field, rc.rejected_field, rc.margin_field, rc.weight_field}
+    meta = {k: v for k, v in row.items() if k not in skip}
+    chat = isinstance(row[rc.chosen_field], list)
+    return Pair(chosen, rejected, nums[rc.margin_field], nums[rc.weight_field], meta, chat)
+
+
+def _render(prompt: Any, response: Any, tokenizer, where: str, prompt_where: str) -> str:
+    if isinstance(response, str):
+        if prompt is not None and not isinstance(prompt, str):
+            raise DataError(
+                f"{prompt_where}: a string response needs a string prompt, got {type(prompt).__name__}"
+            )
+        if not response.strip():
+            raise DataError(f"{where}: empty response")
+        return (prompt or "") + response
+    if isinstance(response, list):
+        messages = ([] if prompt is None else _messages(prompt, prompt_where)) + _messages(response, where)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: a conversation must end with an assistant message")
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+    raise DataError(
+        f"{where}: must be a string or a list of {{role, content}} messages, got {type(response).__name__}"
+    )
+
+
+def _messages(value: Any, where: str) -> list[dict]:
+    if not isinstance(value, list):
+        raise DataError(
+            f"{where}: a conversational row needs a list of {{role, content}} messages here, got {type(value).__name__}"
+        )
+    for j, m in enumerate(value):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            raise DataError(f"{where}, message {j + 1}: must be {{'role': str, 'content': str}}, got {m!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+# ---- training --------------------------------------------------------------------------------------
+
+
+def pair_scores(
+    model, tokenizer, pairs: list[Pair], max_length: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen [B], r_rejected [B]) with gradients: one forward over the 2B texts."""
+    enc = encode_texts(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs], max_length, device)
+    r = model(**enc).logits[:, 0].float()  # [2B]
+    return r[: len(pairs)], r[len(pairs) :]
+
+
+def train_reward_model(
+    cfg: Config, model_path: str, data, eval_data=None, out_dir=None, progress: bool = True
+) -> dict:
+    """Train a Bradley–Terry RM on ``data`` from ``model_path`` (a causal LM, or an RM directory = warm start);
+    save it under ``out_dir/final`` with its tokenizer and reward stats; return the result dict."""
+    from reasoner.trainer import _GracefulStop, batch_for_step
+
+    t_start, rc = time.time(), cfg.rm
+    run = Path(out_dir or rc.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    set_cpu_threads(cfg.train.cpu_threads)
+    device = default_device()
+    ckpt = latest_checkpoint(run) if rc.resume else None
+    model, tokenizer = load_rm(str(ckpt / "policy") if ckpt else model_path, device)
+    tokenizer.padding_side = "right"
+    pairs = load_pairs(data, tokenizer, rc, "train")
+    eval_pairs = load_pairs(eval_data, tokenizer, rc, "test") if eval_data is not None else []
+    chat = any(p.chat for p in pairs)  # conversational rows: RL-time scoring renders with the chat template
+
+    optimizer = make_optimizer(model.parameters(), rc.lr, rc.weight_decay)
+    scheduler = make_scheduler(optimizer, rc.warmup_steps, rc.steps, rc.schedule)
+    start, history = 0, {}
+    if ckpt:
+        state = load_trainer_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["step"], state["history"]
+        print(f"[rm] resumed from {ckpt} at step {start}")
+    log = MetricsLogger(run, cfg.train.tensorboard, resume_step=start if ckpt else None)
+
+    def evaluate(step: int) -> dict:
+        if not eval_pairs:
+            return {}
+        m = pair_metrics(model, tokenizer, eval_pairs, rc.max_length, cfg.reward_model.batch_size)
+        log.log(step, {f"eval/{k}": v for k, v in m.items()})
+        history["eval"] = m
+        return m
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(run, step, model, tokenizer, {"optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "history": history})  # fmt: skip
+
+    model.train()
+    bar = tqdm(
+        range(start, rc.steps),
+        desc="rm",
+        disable=not progress,
+        dynamic_ncols=True,
+        initial=start,
+        total=rc.steps,
+    )
+    stop, step = _GracefulStop(), start
+    try:
+        for step in bar:
+            stats = defaultdict(float)
+            for k in range(rc.grad_accum):  # micro-batches of one optimizer step
+                micro = batch_for_step(pairs, step * rc.grad_accum + k, rc.batch_size, cfg.train.seed)
+                r_c, r_r = pair_scores(model, tokenizer, micro, rc.max_length, device)
+                margin = torch.tensor([p.margin for p in micro], device=device)
+                weight = torch.tensor([p.weight for p in micro], device=device)
+                loss = bradley_terry_loss(r_c, r_r, margin, weight, rc.center_coef) / rc.grad_accum
+                loss.backward()
+                stats["loss"] += loss.item()
+                stats["accuracy"] += pairwise_accuracy(r_c, r_r).mean().item() / rc.grad_accum
+                stats["margin"] += (r_c - r_r).mean().item() / rc.grad_accum
+            stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), rc.max_grad_norm).item()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            log.log(step + 1, dict(stats) | {"lr": scheduler.get_last_lr()[0]})
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}")
+            if rc.eval_every and (step + 1) % rc.eval_every == 0 and step + 1 < rc.steps:
+                evaluate(step + 1)
+            if rc.save_every and (step + 1) % rc.save_every == 0:
+                checkpoint(step + 1)
+            stop.raise_if_requested()
+        step = rc.steps
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        log.close()
+        print(f"\n[rm] interrupted: saved step {step} to {run}/checkpoints; continue with rm.resume=true")
+        raise
+    finally:
+        stop.restore()
+    bar.close()
+
+    final_eval = evaluate(rc.steps)
+    if rc.save_every:
+        checkpoint(rc.steps)
+    log.close()
+    # Reward mean/std over training responses, saved beside the model for normalisation at RL time.
+    sample = random.Random(cfg.train.seed).sample(pairs, min(len(pairs), max(1, rc.stats_samples // 2)))
+    texts = [p.chosen for p in sample] + [p.rejected for p in sample]
+    train_scores = score_texts(model, tokenizer, texts, cfg.reward_model.batch_size, rc.max_length)
+    stats = {"mean": train_scores.mean().item(), "std": train_scores.std(unbiased=False).item(), "chat": chat,
+             "max_length": rc.max_length, "samples": len(texts)}  # fmt: skip
+    final = run / "final"
+    model.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    write_json_atomic(final / STATS_FILE, stats)
+    plot_metrics(
+        run / "metrics.jsonl", run / "curves.png", title="reward model (Bradley–Terry)", keys=RM_PLOT_KEYS
+    )
+    result = {
+        "accuracy": round(final_eval["accuracy"], 4) if final_eval else None,
+        "margin": round(final_eval["margin"], 4) if final_eval else None,
+        "model": str(final), "steps": rc.steps, "pairs": len(pairs), "eval_pairs": len(eval_pairs),
+        "reward_mean": round(stats["mean"], 4), "reward_std": round(stats["std"], 4),
+        "wall_s": round(time.time() - t_start, 1), "output_dir": str(run),
+    }  # fmt: skip
+    write_json_atomic(run / "result.json", result)
+    return result
+
+
+def pair_metrics(
+    model, tokenizer, pairs: list[Pair], max_length: int, batch_size: int = 64
+) -> dict[str, float]:
+    r_c, r_r = _score_pairs(model, tokenizer, pairs, max_length, batch_size)
+    both = torch.cat([r_c, r_r])
+    return {"accuracy": pairwise_accuracy(r_c, r_r).mean().item(), "margin": (r_c - r_r).mean().item(),
+            "reward_mean": both.mean().item(), "reward_std": both.std(unbiased=False).item()}  # fmt: skip
+
+
+def _score_pairs(model, tokenizer, pairs, max_length, batch_size):
+    texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    scores = score_texts(model, tokenizer, texts, batch_size, max_length)
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+# ---- evaluation ------------------------------------------------------------------------------------
+
+MAX_CATEGORIES = 50  # a metadata field with more distinct values than this is not categorical
+
+
+def evaluate_reward_model(model_dir: str, data, cfg: Config | None = None) -> dict:
+    """Pairwise accuracy, margins and accuracy per value of each categorical metadata field, with records."""
+    cfg = cfg or Config()
+    model, tokenizer = load_rm(str(model_dir), default_device())
+    stats_file = Path(model_dir) / STATS_FILE
+    max_length = json.loads(stats_file.read_text()).get("max_length", 512) if stats_file.is_file() else 512
+    pairs = load_pairs(data, tokenizer, cfg.rm, "test")
+    r_c, r_r = _score_pairs(model, tokenizer, pairs, max_length, cfg.reward_model.batch_size)
+    acc = pairwise_accuracy(r_c, r_r)
+    margins = r_c - r_r
+    by_field: dict[str, dict[str, dict]] = {}
+    for key in sorted({k for p in pairs for k in p.meta}):
+        values = [p.meta.get(key) for p in pairs]
+        if not all(isinstance(v, (str, bool, int)) or v is None for v in values):
+            continue
+        if len({str(v) for v in values}) > MAX_CATEGORIES:
+            continue
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, v in enumerate(values):
+            groups[str(v)].append(i)
+        by_field[key] = {v: {"accuracy": round(acc[idx].mean().item(), 4), "pairs": len(idx),
+                             "margin": round(margins[idx].mean().item(), 4)} for v, idx in sorted(groups.items())}  # fmt: skip
+    report = {
+        "accuracy": round(acc.mean().item(), 4), "pairs": len(pairs), "margin_mean": round(margins.mean().item(), 4),
+        "margin_median": round(margins.median().item(), 4), "reward_mean": round(torch.cat([r_c, r_r]).mean().item(), 4),
+        "by_field": by_field, "model": str(model_dir),
+        "records": [{"chosen_score": round(a, 5), "rejected_score": round(b, 5), **p.meta}
+                    for a, b, p in zip(r_c.tolist(), r_r.tolist(), pairs, strict=True)],
+    }  # fmt: skip
+    report["markdown"] = markdown_line(report)
+    return report
+
+
+def markdown_line(report: dict) -> str:
+    parts = [
+        f"| {report['model']} | pairs {report['pairs']} | accuracy {report['accuracy']:.3f} | margin {report['margin_mean']:.3f} |"
+    ]
+    for key, groups in report["by_field"].items():
+        parts.append(" ".join(f"{key}={v}: {g['accuracy']:.3f} |" for v, g in groups.items()))
+    return " ".join(parts)
