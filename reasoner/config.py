@@ -161,6 +161,9 @@ class OnlineConfig:
     rm_last_n: int = 256  # rm_window=last: the newest N pairs
     rm_half_life: float = 1.0  # rm_window=recency: a pair's weight halves every this many rounds of age
     rm_warm_start: bool = True
+    # the last RM scoring below this pairwise accuracy on the newest held-out pairs means the preference moved:
+    # the window restarts at this round and the RM starts again from rm_base; 0 = never
+    rm_drift_threshold: float = 0.5
     holdout_frac: float = 0.25  # the newest fraction of a round's prompts: held out from RM and RL, for
     # evaluating the new RM and for the gate
     rm_base: str | None = None  # the first RM's initial model; None = the policy v0
@@ -171,7 +174,7 @@ class OnlineConfig:
     gate_samples: int = 2  # completions per prompt and model
     gate_min_win_rate: float = 0.5  # RM-judged win rate of the candidate against version k
     gate_score_tolerance: float = 0.0  # mean RM score may drop by at most this
-    gate_verifiable_tolerance: float = 0.0  # verifiable score (when the task has one) may drop by at most this
+    gate_verifiable_tolerance: float = 0.0  # a verifiable score (where the task has one) may drop this much
     gate_max_kl: float = 5.0  # KL(candidate || version k) per sequence, nats
     # simulated users (simulate=true)
     users: int = 8  # concurrent users

@@ -252,34 +252,46 @@ class OnlineLoop:
         return None
 
     def stage_rm(self, r: int) -> dict:
+        """Train the round's RM on its window; the window restarts when the last RM fails the newest pairs."""
         from reasoner.rm import evaluate_reward_model, train_reward_model
 
         rounds = self.pairs_by_round(r)
         train_now, heldout = split_heldout(rounds[-1], self.oc.holdout_frac)
-        rows = rm_window(
-            [*rounds[:-1], train_now], self.oc.rm_window, self.oc.rm_last_n, self.oc.rm_half_life
-        )
         old = self.current_rm(r)
-        base = (
-            old if (old and self.oc.rm_warm_start) else (self.oc.rm_base or self.store.version("v0")["path"])
-        )
-        out_dir = self.run_dir / "rounds" / str(r) / "rm"
+        old_acc = evaluate_reward_model(old, heldout)["accuracy"] if old else None
+        start = (self.state(f"round/{r - 1}/rm") or {}).get("window_start", 1)
+        # Preferences drift: a last RM that ranks the newest held-out pairs worse than this has learnt what
+        # people wanted before. Older pairs would teach the new RM the same, so they leave the window, and
+        # the RM starts again from its base rather than from the one that learnt the old preference.
+        drift = old_acc is not None and old_acc < self.oc.rm_drift_threshold
+        if drift:
+            start = r
+            self.log(f"round {r}: the last RM ranks the newest pairs at {old_acc:.2f}: preferences moved; "
+                     f"window restarts at round {r}")  # fmt: skip
+        window = [*rounds[start - 1 : -1], train_now]
+        rows = rm_window(window, self.oc.rm_window, self.oc.rm_last_n, self.oc.rm_half_life)
+        warm = old and self.oc.rm_warm_start and not drift
+        base = old if warm else (self.oc.rm_base or self.store.version("v0")["path"])
+        rdir = self.run_dir / "rounds" / str(r)
+        out_dir = rdir / "rm"
         shutil.rmtree(out_dir, ignore_errors=True)  # a killed attempt left a partial model: train it again
-        _write_jsonl(self.run_dir / "rounds" / str(r) / "rm_train.jsonl", rows)
-        _write_jsonl(self.run_dir / "rounds" / str(r) / "heldout.jsonl", heldout)
+        _write_jsonl(rdir / "rm_train.jsonl", rows)
+        _write_jsonl(rdir / "heldout.jsonl", heldout)
         cfg = copy.deepcopy(self.cfg)
         cfg.rm.output_dir, cfg.rm.resume = str(out_dir), False
         result = train_reward_model(cfg, base, rows, heldout, str(out_dir), progress=self.progress)
         new_acc = result.get("accuracy")
-        old_acc = evaluate_reward_model(old, heldout)["accuracy"] if old else None
         keep_old = old is not None and new_acc is not None and old_acc > new_acc
         model = old if keep_old else result["model"]
         self.log(
-            f"round {r}: RM accuracy {new_acc} (old {old_acc}) on {len(heldout)} held-out pairs -> {model}"
+            f"round {r}: RM accuracy {new_acc} (last RM {old_acc}) on {len(heldout)} held-out pairs -> {model}"
         )
+        collects = [self.state(f"round/{j}/collect") for j in range(start, r + 1)]
         return {"model": model, "trained": result["model"], "base": base, "accuracy": new_acc,
-                "old_accuracy": old_acc, "kept_old": keep_old, "train_pairs": len(rows), "heldout_pairs": len(heldout),
-                "window": {"mode": self.oc.rm_window, "rounds": [self.state(f"round/{j}/collect") for j in range(1, r + 1)]},
+                "old_accuracy": old_acc, "kept_old": keep_old, "drift": drift, "window_start": start,
+                "train_pairs": len(rows), "heldout_pairs": len(heldout),
+                "window": {"mode": self.oc.rm_window, "rounds": list(range(start, r + 1)),
+                           "since": collects[0]["since"], "until": collects[-1]["until"]},
                 "weights": sorted({round(row["weight"], 4) for row in rows})}  # fmt: skip
 
     def stage_rl(self, r: int) -> dict:
@@ -308,8 +320,6 @@ class OnlineLoop:
         cfg.reward_model.paths = [rm]
         cfg.train.output_dir, cfg.train.resume, cfg.train.eval_every = str(rdir / "rl"), True, 0
         cfg.train.seed = self.oc.seed * 1000 + r
-        import reasoner.tasks.prompts  # noqa: F401  (registers the task)
-
         result = train(cfg, progress=self.progress)
         return {"parent": parent["name"], "candidate": str(rdir / "rl" / "final"), "rm": rm, "result": result,
                 "prompts": min(len(prompts), self.oc.rl_prompts), "kl_anchor": self.oc.kl_anchor}  # fmt: skip

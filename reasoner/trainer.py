@@ -85,10 +85,10 @@ def train(cfg: Config, progress: bool = True) -> dict:
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     model = wrap_ddp(policy, world)  # the update goes through DDP; generation and checkpoints use `policy`
-    reference = None
+    reference, reference_path = None, cfg.model.reference or model_path
     if cfg.algo.beta > 0:
         reference = (
-            load_policy(cfg.model.reference or model_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+            load_policy(reference_path, cfg.model.dtype, device, cfg.model.attn_implementation)
             .eval()
             .requires_grad_(False)
         )
