@@ -95,11 +95,8 @@ def check_resumed(run: Path, result: dict) -> None:
         assert all(
             store.get_state(f"round/{r}/{s}") is not None for s in ("collect", "rm", "rl", "gate", "deploy")
         )
-    steps = [
-        json.loads(x)["step"]
-        for x in (run / "rounds" / "1" / "rl" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert sorted(set(steps)) == steps  # no RL step logged twice
+    lines = [json.loads(x) for x in (run / "rounds" / "1" / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "reward/mean" in m] == [1, 2]  # each RL step trained once
     journal.close()
     store.close()
 
