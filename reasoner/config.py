@@ -175,7 +175,7 @@ class OnlineConfig:
     gate_min_win_rate: float = 0.5  # RM-judged win rate of the candidate against version k
     gate_score_tolerance: float = 0.0  # mean RM score may drop by at most this
     gate_verifiable_tolerance: float = 0.0  # a verifiable score (where the task has one) may drop this much
-    gate_max_kl: float = 5.0  # KL(candidate || version k) per sequence, nats
+    gate_max_kl: float = 8.0  # KL(candidate || the RL round's KL anchor) per sequence, nats
     # simulated users (simulate=true)
     users: int = 8  # concurrent users
     user_noise: float = 0.1  # mean probability that a user's thumb or choice goes against their preference

@@ -4,7 +4,7 @@ Both models answer the same held-out prompts (prompts users asked that neither t
 round trained on). Measured: the mean reward-model score of each, the RM-judged win rate of the candidate
 (sample i of the candidate against sample i of version k on the same prompt; a tie counts one half), a
 verifiable score where the task has one, and KL(candidate || k) per sequence (k1 estimator on the
-candidate's own samples, unbiased). ``decide`` turns these into accept / refuse with the reasons.
+candidate's own samples, unbiased), or KL to another reference such as v0. ``decide`` turns these into accept / refuse with the reasons.
 
 >>> ok, why = decide({"win_rate": 0.4, "score_candidate": 1.0, "score_parent": 0.9, "kl": 0.1},
 ...                  min_win_rate=0.5, score_tolerance=0.0, verifiable_tolerance=0.0, max_kl=5.0)
@@ -76,12 +76,14 @@ def compare(
     seed: int = 0,
     verifiable: Callable[[list[str], list[int]], list[float | None]] | None = None,
     render: Callable[[str], str] = lambda p: p,
+    kl_reference: str | None = None,
 ) -> dict:
     """Sample ``samples`` answers per prompt from each model and measure them (see the module docstring).
 
     ``prompts`` are what users asked (what the RM scores with a response); ``render`` turns one into the
     text the policy continues, as the server does. ``verifiable(responses, prompt_indices)`` scores
-    responses where the task has a checker (None = cannot).
+    responses where the task has a checker (None = cannot). ``kl_reference``: measure KL(candidate || it)
+    instead of KL(candidate || version k), e.g. to the original policy the RL round was anchored to.
     """
     if not prompts:
         raise ValueError("the gate needs held-out prompts; none were given (collect more feedback)")
@@ -95,7 +97,8 @@ def compare(
         rollouts[name] = HFEngine(model, tokenizer).generate([render(p) for p in prompts], params)
         texts[name] = [r.text for r in rollouts[name]]
         if name == "parent":
-            out["kl"] = _kl(candidate, model, rollouts["candidate"], tokenizer.pad_token_id, temperature)
+            ref = model if kl_reference is None else load_policy(kl_reference, "float32").eval()
+            out["kl"] = _kl(candidate, ref, rollouts["candidate"], tokenizer.pad_token_id, temperature)
     owners = [prompts[r.prompt_index] for r in rollouts["candidate"]]
     scores = {name: scorer(owners, texts[name]) for name in texts}
     out["score_candidate"] = sum(scores["candidate"]) / len(owners)

@@ -331,15 +331,19 @@ class OnlineLoop:
         rl = self.state(f"round/{r}/rl")
         prompts = [p["prompt"] for p in _read_jsonl(self.run_dir / "rounds" / str(r) / "gate_prompts.jsonl")]
         rm = RewardModel(rl["rm"], normalize="none")
+        # KL to the policy the RL round was anchored to: after a preference shift, version k may give the newly
+        # wanted answers little mass, while v0 (both styles) tells a style switch from a drift into noise.
+        anchor = self.store.version("v0")["path"] if self.oc.kl_anchor == "original" else None
         metrics = compare(rl["candidate"], self.store.version(rl["parent"])["path"], prompts, rm.score,
                           samples=self.oc.gate_samples, max_new_tokens=self.cfg.rollout.max_new_tokens,
-                          seed=self.oc.seed * 1000 + r)  # fmt: skip
+                          seed=self.oc.seed * 1000 + r, kl_reference=anchor)  # fmt: skip
+        metrics["kl_to"] = "v0" if anchor else rl["parent"]
         accept, reasons = decide(metrics, min_win_rate=self.oc.gate_min_win_rate,
                                  score_tolerance=self.oc.gate_score_tolerance,
                                  verifiable_tolerance=self.oc.gate_verifiable_tolerance, max_kl=self.oc.gate_max_kl)  # fmt: skip
         self.log(f"round {r}: gate {'passed' if accept else 'refused: ' + '; '.join(reasons)} "
                  f"(win rate {metrics['win_rate']:.2f}, RM {metrics['score_candidate']:.2f} vs "
-                 f"{metrics['score_parent']:.2f}, KL {metrics['kl']:.3f})")  # fmt: skip
+                 f"{metrics['score_parent']:.2f}, KL to {metrics['kl_to']} {metrics['kl']:.3f})")  # fmt: skip
         return {"accept": accept, "reasons": reasons, **metrics}
 
     def stage_deploy(self, r: int) -> dict:
