@@ -15,7 +15,7 @@ TINY_MODEL ?= runs/tiny-model
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install docker sandbox-image test test-fast train-math train-code online eval bench lint help
+.PHONY: install docker sandbox-image test test-fast train-math train-code online eval bench lint help serve serve-test-deps
 
 help:
 	@echo "make install | test | train-math [ALGO=ppo] | train-code [ALGO=ppo] | eval ARGS='...' | bench | lint | docker | sandbox-image"
@@ -42,7 +42,7 @@ sandbox-image: docker
 $(TINY_MODEL)/config.json: | install
 	$(VENV)/bin/reasoner tiny-model --out $(TINY_MODEL)
 
-test: install sandbox-image
+test: install sandbox-image serve-test-deps
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -69,6 +69,16 @@ bench: install sandbox-image $(TINY_MODEL)/config.json
 	$(PY) benchmarks/verifier.py
 	$(PY) benchmarks/sandbox.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/serve.py
+
+# Debian chromium + chromium-driver and postgresql for the serving tests (browser, PostgreSQL store).
+serve-test-deps:
+	bash tests/serve/install-deps.sh
+
+# Serve a policy: make serve [SERVE_MODEL=DIR] [ARGS='--port 8000 --api-key KEY'].
+SERVE_MODEL ?= $(TINY_MODEL)
+serve: install $(TINY_MODEL)/config.json
+	$(VENV)/bin/reasoner serve --model $(SERVE_MODEL) $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check reasoner sandbox benchmarks tests

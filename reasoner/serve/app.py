@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -41,14 +40,14 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
-def service(request: Request) -> ServeService:
+async def service(request: Request) -> ServeService:  # async: FastAPI runs sync dependencies on a thread
     return request.app.state.service
 
 
 Service = Annotated[ServeService, Depends(service)]
 
 
-def require_api_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_api_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
     key = svc.cfg.api_key
     if key is not None and not secrets.compare_digest((_bearer(authorization) or "").encode(), key.encode()):
         raise ServiceError(
@@ -59,7 +58,7 @@ def require_api_key(svc: Service, authorization: Annotated[str | None, Header()]
         )
 
 
-def require_admin_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin_key(svc: Service, authorization: Annotated[str | None, Header()] = None) -> None:
     key = svc.cfg.admin_key
     if key is None:
         raise ServiceError(
@@ -95,7 +94,7 @@ async def chat_completions(req: schemas.ChatRequest, svc: Service):
     messages = [m.model_dump() for m in req.messages]
     prompt = svc.render_chat(messages)
     gen = await svc.generate([prompt], svc.sampling(req), req.stop, "messages")
-    cid = await anyio.to_thread.run_sync(lambda: svc.record("chat", prompt, gen, 0, req, messages))
+    cid = await svc.record("chat", prompt, gen, 0, req, messages)
     choices = gen.choices[0]
     usage = _usage(gen.prompt_tokens[0], choices)
     if req.stream:
@@ -117,17 +116,14 @@ async def chat_completions(req: schemas.ChatRequest, svc: Service):
 @openai_router.post("/completions", response_model=schemas.CompletionResponse)
 async def completions(req: schemas.CompletionRequest, svc: Service):
     svc.check_model(req.model)
-    if isinstance(req.prompt, list) and (not req.prompt or len(req.prompt) > 64):
-        raise ServiceError(422, "prompt: give 1 to 64 prompts", "prompt")
-    prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-    gen = await svc.generate(prompts, svc.sampling(req), req.stop, "prompt")
-    # one completion id per request, as OpenAI does; several prompts: choice index = prompt * n + j
-    flat = [c for per_prompt in gen.choices for c in per_prompt]
-    joined = type(gen)(gen.version, gen.prompt_tokens, [flat])
-    cid = await anyio.to_thread.run_sync(
-        lambda: svc.record("text", "\n".join(prompts) if len(prompts) > 1 else prompts[0], joined, 0, req)
-    )
-    usage = _usage(sum(t * req.n for t in gen.prompt_tokens) // max(1, req.n), flat)
+    if isinstance(req.prompt, list) and len(req.prompt) != 1:
+        # a completion id names one prompt (feedback compares answers to one prompt): one prompt per request
+        raise ServiceError(422, "prompt: send one prompt per request (a string or a list of one)", "prompt")
+    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
+    gen = await svc.generate([prompt], svc.sampling(req), req.stop, "prompt")
+    cid = await svc.record("text", prompt, gen, 0, req)
+    flat = gen.choices[0]
+    usage = _usage(gen.prompt_tokens[0], flat)
     if req.stream:
         return StreamingResponse(_text_stream(cid, gen.version, flat), media_type="text/event-stream")
     return schemas.CompletionResponse(
@@ -190,12 +186,12 @@ feedback_router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)
 
 
 @feedback_router.post("/feedback", status_code=201, response_model=schemas.FeedbackCreated)
-def post_feedback(
+async def post_feedback(
     body: schemas.Feedback,
     svc: Service,
     idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
 ):
-    return svc.feedback(body, idempotency_key)  # committed before the 201 goes out
+    return await svc.feedback(body, idempotency_key)  # committed before the 201 goes out
 
 
 @feedback_router.get("/stats", response_model=schemas.StatsResponse)

@@ -8,6 +8,9 @@ import json
 import sys
 from pathlib import Path
 
+# --flag attribute -> serve.KEY: the flags are shorthands for config overrides
+SERVE_FLAGS = {name: name for name in ("model", "db", "host", "port", "api_key", "admin_key")}
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="policy directory or hub id to serve (serve.model)")
@@ -49,15 +52,7 @@ def run_serve(args) -> int:
     from reasoner.config import load_config
     from reasoner.serve.server import serve
 
-    flags = {
-        "model": "model",
-        "db": "db",
-        "host": "host",
-        "port": "port",
-        "api_key": "api_key",
-        "admin_key": "admin_key",
-    }
-    cfg = load_config(args.config, _overrides(args, flags))
+    cfg = load_config(args.config, _overrides(args, SERVE_FLAGS))
     if cfg.serve.model is None:
         cfg.serve.model = cfg.model.path
     try:

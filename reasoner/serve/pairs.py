@@ -184,11 +184,14 @@ def version_stats(rows: list[dict], versions: list[str], served: dict[str, int] 
                 **s,
                 "thumbs_up_rate": s["up"] / rated if rated else None,
                 "win_rate": (s["wins"] + 0.5 * s["ties"]) / games if games else None,
-                "rating": round(float(rating[i]), 1),
+                # no comparison against another version: the rating is the prior's, with no interval to show
+                "rating": round(float(rating[i]), 1) if games else None,
                 "rating_ci95": [
                     round(float(rating[i] - 1.96 * se[i]), 1),
                     round(float(rating[i] + 1.96 * se[i]), 1),
-                ],
+                ]
+                if games
+                else None,
             }
         )
     return {"versions": out, "comparisons": comparisons, "feedback_rows": len(rows)}

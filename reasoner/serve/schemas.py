@@ -166,7 +166,10 @@ def feedback_kind(body: Any) -> str | None:
 
 
 Feedback = Annotated[
-    Annotated[RatingFeedback, Tag("rating")] | Annotated[ChoiceFeedback, Tag("choice")] | Annotated[TieFeedback, Tag("tie")] | Annotated[RankingFeedback, Tag("ranking")],
+    Annotated[RatingFeedback, Tag("rating")]
+    | Annotated[ChoiceFeedback, Tag("choice")]
+    | Annotated[TieFeedback, Tag("tie")]
+    | Annotated[RankingFeedback, Tag("ranking")],
     Discriminator(
         feedback_kind,
         custom_error_type="feedback_kind",
@@ -206,8 +209,8 @@ class VersionStats(BaseModel):
     ties: int
     thumbs_up_rate: float | None
     win_rate: float | None
-    rating: float
-    rating_ci95: list[float]
+    rating: float | None  # None until the version has been compared with another
+    rating_ci95: list[float] | None
 
 
 class StatsResponse(BaseModel):

@@ -77,10 +77,17 @@ def run_in_thread(
 def serve(cfg, model_path: str | None = None) -> None:
     """``reasoner serve``: load the policy, open the store, serve until interrupted."""
     import json
+    import sys
 
     from reasoner.serve.app import create_app
     from reasoner.serve.service import ServeService
 
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
+        print(
+            f"reasoner serve: warning: listening on {cfg.host} without an API key: anyone who can reach this "
+            "port can generate and post feedback (give --api-key KEY)",
+            file=sys.stderr,
+        )
     svc = ServeService.from_config(cfg, model_path)
     sock = bind(cfg.host, cfg.port)
     port = sock.getsockname()[1]

@@ -5,6 +5,7 @@ Routes (reasoner.serve.app) validate and translate; this module holds the logic;
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -44,6 +45,10 @@ def load_policy_version(name: str, path: str, dtype: str = "auto", max_batch: in
     from reasoner.models import load_policy, load_tokenizer
     from reasoner.rollout.hf import HFEngine
 
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model directory {path!r} not found (build one with `reasoner tiny-model --out DIR` or train one)"
+        )
     tokenizer = load_tokenizer(path)
     model = load_policy(path, dtype)
     model.eval()
@@ -51,6 +56,34 @@ def load_policy_version(name: str, path: str, dtype: str = "auto", max_batch: in
     return Policy(
         name, path, model, tokenizer, engine, getattr(model.config, "max_position_embeddings", None)
     )
+
+
+def check_config(cfg: ServeConfig) -> None:
+    """The ``serve`` section's values that types alone do not rule out; the message names the key."""
+    from reasoner.config import ConfigError
+
+    rules = [
+        ("port", 0 <= cfg.port <= 65535, "be in 0..65535 (0 = a free port)"),
+        ("batch_window_ms", 0 <= cfg.batch_window_ms <= 1000, "be in 0..1000"),
+        ("max_batch", cfg.max_batch >= 1, "be at least 1"),
+        ("max_body_bytes", cfg.max_body_bytes >= 1024, "be at least 1024"),
+        ("max_tokens_cap", cfg.max_tokens_cap >= 1, "be at least 1"),
+        (
+            "default_max_tokens",
+            1 <= cfg.default_max_tokens <= cfg.max_tokens_cap,
+            "be in 1..serve.max_tokens_cap",
+        ),
+        ("max_n", cfg.max_n >= 1, "be at least 1"),
+        ("api_key", cfg.api_key is None or len(cfg.api_key) >= 1, "be non-empty (or unset)"),
+        (
+            "admin_key",
+            cfg.admin_key is None or len(cfg.admin_key) >= 8,
+            "be at least 8 characters (or unset)",
+        ),
+    ]
+    for key, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"serve.{key} must {rule}; got {getattr(cfg, key)!r}")
 
 
 def resolve_path(path: str) -> str:
@@ -72,6 +105,7 @@ class ServeService:
         """
         from reasoner.models import set_cpu_threads
 
+        check_config(cfg)
         set_cpu_threads(cfg.cpu_threads)
         path = resolve_path(model_path or cfg.model or "")
         if not path:
@@ -161,7 +195,7 @@ class ServeService:
         self._check_length(prompts, params, param)
         return await self.batcher.generate(prompts, params, stop)
 
-    def record(self, kind: str, prompt: str, gen: Generated, index: int, req, messages=None) -> str:
+    async def record(self, kind: str, prompt: str, gen: Generated, index: int, req, messages=None) -> str:
         """Store one prompt's completions (committed before the response goes out); returns the completion id."""
         sampling = {
             "n": req.n, "temperature": req.temperature, "top_p": req.top_p,
@@ -169,19 +203,26 @@ class ServeService:
             "seed": req.seed, "stop": req.stop,
         }  # fmt: skip
         choices = gen.choices[index]
-        return self.store.record_completion(
-            prompt=prompt,
-            texts=[c.text for c in choices],
-            finish_reasons=[c.finish_reason for c in choices],
-            version=gen.version,
-            sampling=sampling,
-            messages=messages,
-            user=req.user,
-            kind=kind,
+        return await self._committed(
+            self.store.submit_completion(
+                prompt=prompt,
+                texts=[c.text for c in choices],
+                finish_reasons=[c.finish_reason for c in choices],
+                version=gen.version,
+                sampling=sampling,
+                messages=messages,
+                user=req.user,
+                kind=kind,
+            )
         )
 
+    @staticmethod
+    async def _committed(future):
+        """Wait for a store write without holding a thread: the event loop serves others meanwhile."""
+        return await asyncio.wrap_future(future)
+
     # --- feedback -----------------------------------------------------------------------------------------
-    def feedback(self, body, idempotency_key: str | None) -> dict:
+    async def feedback(self, body, idempotency_key: str | None) -> dict:
         from reasoner.serve import schemas
         from reasoner.serve.store import IdempotencyConflict, NotFound
 
@@ -198,16 +239,18 @@ class ServeService:
             raise ServiceError(422, f"{field}: the same response appears twice", field)
         digest = hashlib.sha256(json.dumps(body.model_dump(), sort_keys=True).encode()).hexdigest()
         try:
-            return self.store.record_feedback(
-                kind,
-                pairs,
-                rating=getattr(body, "rating", None),
-                reason=body.reason,
-                comment=body.comment,
-                both_bad=getattr(body, "both_bad", False),
-                user=body.user,
-                idempotency_key=idempotency_key,
-                body_hash=digest,
+            return await self._committed(
+                self.store.submit_feedback(
+                    kind,
+                    pairs,
+                    rating=getattr(body, "rating", None),
+                    reason=body.reason,
+                    comment=body.comment,
+                    both_bad=getattr(body, "both_bad", False),
+                    user=body.user,
+                    idempotency_key=idempotency_key,
+                    body_hash=digest,
+                )
             )
         except NotFound as e:
             raise ServiceError(404, str(e), field, "not_found_error") from e
