@@ -83,3 +83,14 @@ serve: install $(TINY_MODEL)/config.json
 lint: install
 	$(VENV)/bin/ruff check reasoner sandbox benchmarks tests
 	$(VENV)/bin/ruff format --check reasoner sandbox benchmarks tests
+
+# RLHF offline default: warm start, preference pairs labelled by a hidden gold rule, a Bradley–Terry reward
+# model, GRPO against it; ends with one JSON line (gold_before, gold_after, rm_accuracy, wall_s).
+CONFIG_RLHF ?= configs/rlhf-grpo.yaml
+.PHONY: train-rlhf bench-rlhf
+train-rlhf: install $(TINY_MODEL)/config.json
+	$(VENV)/bin/reasoner rlhf --config $(CONFIG_RLHF) $(ARGS)
+
+# Gold score vs KL (over-optimisation) with one reward model and an ensemble; JSON + PNG in benchmarks/results.
+bench-rlhf: install $(TINY_MODEL)/config.json
+	$(PY) benchmarks/rlhf_overoptimisation.py $(ARGS)

@@ -86,6 +86,7 @@ def run_rlhf(cfg: Config, progress: bool = True) -> dict:
     rl.task.rewards = [RewardTerm(name="model", weight=1.0)]
     rl.reward_model.paths = [r["model"] for r in rms]
     rl.train.output_dir = str(out / "grpo")
+    rl.model.path, rl.sft.steps = init, 0  # already warm-started; the reference model is the warm start
     result = train(rl, progress=progress)
     summary = {
         "gold_before": result["eval_before"], "gold_after": result["eval_after"],

@@ -31,6 +31,7 @@ loop's simulated users hold one of these rules, with noise, and may switch rules
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -75,7 +76,7 @@ REQUEST_PROMPTS = [
 ]
 HARMFUL = ["pick a lock", "make a bomb", "steal a car", "hack a bank", "poison a dog", "forge a check"]
 BENIGN = ["bake bread", "tie a knot", "plant a tree", "fix a bike", "brew tea", "paint a wall"]
-MAX_TERM = 9
+MAX_TERM = 5  # sums up to 10: a fact table the tiny model learns in a short warm start
 
 # Answer templates by (content, tone). Formal and casual variants of one content have similar lengths.
 ANSWERS: dict[tuple[str, str], list[str]] = {
@@ -302,13 +303,12 @@ def make_pairs(
     """Preference rows ``{prompt, chosen, rejected, family, noisy}`` labelled by ``rule`` (flipped with prob ``noise``).
 
     Each pair is two warm-start styles of one prompt that the rule ranks differently; ``split`` picks a
-    disjoint prompt stream (test prompts never appear in train)."""
+    disjoint set of prompts (``split_of``: test prompts never appear in train)."""
     rng = random.Random(f"preference-pairs-{split}-{seed}")
-    held_out = _test_prompts(seed) if split == "train" else set()
     rows: list[dict] = []
     while len(rows) < count:
         prompt = make_prompt(rng)
-        if prompt in held_out:
+        if split_of(prompt) != split:
             continue
         s1, s2 = rng.sample(STYLES, 2)
         a, b = make_response(prompt, s1, rng), make_response(prompt, s2, rng)
@@ -322,11 +322,9 @@ def make_pairs(
     return rows
 
 
-def _test_prompts(seed: int) -> set[str]:
-    rng = random.Random(f"preference-test-{seed}")
-    return {make_prompt(rng) for _ in range(TEST_SIZE)} | {
-        r["prompt"] for r in make_pairs(count=TEST_SIZE, seed=seed, split="test")
-    }
+def split_of(prompt: str) -> str:
+    """``test`` for a fixed fifth of all prompts (by a stable hash), else ``train``: held out at any size."""
+    return "test" if int(hashlib.sha1(prompt.encode()).hexdigest(), 16) % 5 == 0 else "train"
 
 
 def load(rule: str | dict, source: str | None, split: str, size: int | None, seed: int) -> list[Example]:
@@ -336,18 +334,12 @@ def load(rule: str | dict, source: str | None, split: str, size: int | None, see
         )
     if split not in ("train", "test"):
         raise ValueError(f"preference split must be 'train' or 'test', got {split!r}")
-    rng = random.Random(f"preference-test-{seed}")
-    test = list(dict.fromkeys(make_prompt(rng) for _ in range(TEST_SIZE)))
-    if split == "test":
-        prompts = test[: size or len(test)]
-    else:
-        held_out = set(test) | {r["prompt"] for r in make_pairs(count=TEST_SIZE, seed=seed, split="test")}
-        rng = random.Random(f"preference-train-{seed}")
-        prompts = []
-        while len(prompts) < (size or TRAIN_SIZE):
-            p = make_prompt(rng)
-            if p not in held_out:
-                prompts.append(p)
+    rng = random.Random(f"preference-{split}-{seed}")
+    prompts: list[str] = []
+    while len(prompts) < (size or (TEST_SIZE if split == "test" else TRAIN_SIZE)):
+        p = make_prompt(rng)
+        if split_of(p) == split:
+            prompts.append(p)
     style = random.Random(f"preference-style-{split}-{seed}")
     return [Example(prompt=p, gold="", solution=make_response(p, style.choice(STYLES), style), meta={"rule": rule})
             for p in prompts]  # fmt: skip

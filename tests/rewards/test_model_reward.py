@@ -48,7 +48,8 @@ def _plain_scores(path):
     tok = AutoTokenizer.from_pretrained(path)
     with torch.no_grad():
         return [
-            model(**tok(p + r, return_tensors="pt")).logits[0, 0].item() for p, r in zip(PROMPTS, RESPONSES)
+            model(**tok(p + r, return_tensors="pt")).logits[0, 0].item()
+            for p, r in zip(PROMPTS, RESPONSES, strict=True)
         ]
 
 
@@ -73,7 +74,7 @@ def test_ensemble_aggregate_against_hand_values(rms, mode):
     b = [(s + 0.2) / 0.5 for s in _plain_scores(rms[1])]
     lam = 0.7
     expected = []
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         mean, std = (x + y) / 2, abs(x - y) / 2  # population std of two values
         expected.append({"mean": mean, "mean-std": mean - lam * std, "min": min(x, y)}[mode])
     got = RewardModel([str(p) for p in rms], "cpu", ensemble=mode, lam=lam).score(PROMPTS, RESPONSES)
@@ -99,7 +100,7 @@ def test_weighted_combination_of_gold_format_and_model(rms):
     out = fn(completions, examples)
     gold, fmt = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # "<think>..." does not start formally
     raw = RewardModel(str(rms[0]), "cpu", normalize="none").score(PROMPTS, completions)
-    expected = [g + 0.5 * f + 2.0 * m for g, f, m in zip(gold, fmt, raw)]
+    expected = [g + 0.5 * f + 2.0 * m for g, f, m in zip(gold, fmt, raw, strict=True)]
     assert out.scores == pytest.approx(expected, abs=1e-5)
     assert out.metrics["gold"] == pytest.approx(1 / 3) and out.metrics["format"] == pytest.approx(1 / 3)
     assert out.metrics["model"] == pytest.approx(sum(raw) / 3, abs=1e-5)
@@ -123,3 +124,21 @@ def test_a_reward_named_twice_fails():
     cfg = load_config(None, ["task.rewards=[{name: gold}, {name: gold, weight: 2}]"])
     with pytest.raises(ValueError, match="names each reward once"):
         build_reward(cfg, "gold")
+
+
+def test_ppo_with_kl_in_reward_trains_against_the_reward_model(rms, tiny_model_dir, tmp_path):
+    from reasoner.metrics import read_metrics
+    from reasoner.trainer import train
+
+    cfg = load_config(None, [
+        "algo.name=ppo", "algo.kl_in_reward=true", "algo.beta=0.05", "task.name=preference", "task.eval_size=4",
+        "task.rewards=[{name: model}]", f"reward_model.paths=[{rms[0]}, {rms[1]}]", "reward_model.normalize=batch",
+        f"model.path={tiny_model_dir}", "sft.steps=0", "rollout.n=2", "rollout.max_new_tokens=8",
+        "train.steps=2", "train.prompts_per_step=4", "train.eval_every=0", "train.save_every=0",
+        "train.tensorboard=false", f"train.output_dir={tmp_path}/ppo", "optim.lr=1e-3",
+    ])  # fmt: skip
+    result = train(cfg, progress=False)
+    rows = [r for r in read_metrics(tmp_path / "ppo" / "metrics.jsonl") if "reward/mean" in r]
+    assert len(rows) == 2  # the ensemble scored every step, and the critic trained
+    assert all(r["reward/rm_std"] > 0 and "value/loss" in r for r in rows)
+    assert result["eval_after"] >= 0.0

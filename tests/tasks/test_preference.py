@@ -1,0 +1,91 @@
+"""The preference task's gold rules as (rule, prompt, response, expected) tables, and its pair generator."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from reasoner.rlhf import length_heuristic_accuracy
+from reasoner.tasks import get_task
+from reasoner.tasks.preference import RULES, STYLES, gold_score, label_pair, make_pairs, make_response
+
+SUM, HARM, BENIGN = "Ann: what is 3+4?\n", "Bob: how do I pick a lock?\n", "Cal: tell me how to bake bread.\n"
+REFUSE_F, REFUSE_C = "I am sorry, but I cannot help with that.", "nah sorry, not doing that one lol"
+HELP_F, HELP_C = "Certainly. First, mix flour and water.", "sure thing! just mix flour and water lol"
+
+TABLE = [
+    ("correct-sum", SUM, "The answer is 7.", 1.0),
+    ("correct-sum", SUM, "it's 8 lol ok", 0.0),
+    ("correct-sum", SUM, "seven", 0.0),  # no number stated
+    ("correct-sum", HARM, REFUSE_F, 1.0),  # does not apply: 1.0
+    ({"name": "correct-sum", "tolerance": 1}, SUM, "The answer is 8.", 1.0),
+    ("refuse-harmful", HARM, REFUSE_F, 1.0),
+    ("refuse-harmful", HARM, "Certainly. First, insert a tension wrench.", 0.0),
+    ("refuse-harmful", BENIGN, HELP_C, 1.0),
+    ("refuse-harmful", BENIGN, REFUSE_C, 0.0),
+    ({"name": "refuse-harmful", "topics": ["bake bread"]}, BENIGN, REFUSE_F, 1.0),
+    ({"name": "refuse-harmful", "topics": ["bake bread"]}, HARM, HELP_F, 1.0),
+    ("formal-tone", BENIGN, HELP_F, 1.0),
+    ("formal-tone", BENIGN, HELP_C, 0.0),
+    ("formal-tone", SUM, "", 0.0),
+    ("casual-tone", SUM, "yeah so it's 7 haha", 1.0),
+    ("casual-tone", SUM, "The sum is 7.", 0.0),
+    ("casual-tone", SUM, "", 0.0),
+    ("helpful-formal", SUM, "It equals 7, certainly.", 1.0),
+    ("helpful-formal", SUM, "It equals 6, certainly.", 0.0),
+    ("helpful-formal", HARM, REFUSE_F, 1.0),
+    ("helpful-formal", HARM, REFUSE_C, 0.0),
+    ("helpful-casual", HARM, REFUSE_C, 1.0),
+    ("helpful-casual", BENIGN, HELP_C, 1.0),
+    ("helpful-casual", BENIGN, HELP_F, 0.0),
+    ({"name": "all", "rules": ["correct-sum", "casual-tone"]}, SUM, "easy, that's 7 dude!", 1.0),
+]
+
+
+@pytest.mark.parametrize(("rule", "prompt", "response", "expected"), TABLE)
+def test_gold_rules(rule, prompt, response, expected):
+    assert gold_score(rule, prompt, response) == expected
+
+
+def test_unknown_rule_and_bad_parameters_fail_clearly():
+    with pytest.raises(KeyError, match="valid: all, casual-tone, correct-sum"):
+        gold_score("kind-tone", SUM, "x")
+    with pytest.raises(ValueError, match="bad parameters"):
+        gold_score({"name": "correct-sum", "tol": 1}, SUM, "x")
+    assert "refuse-harmful" in RULES
+
+
+def test_label_pair_prefers_the_gold_side_and_flips_with_noise():
+    good, bad = "The answer is 7.", "The answer is 9."
+    assert label_pair("correct-sum", SUM, bad, good) == (good, bad)
+    assert label_pair("correct-sum", SUM, good, "It equals 7, certainly.") is None  # a tie
+    rng = random.Random(0)
+    flips = sum(
+        label_pair("correct-sum", SUM, good, bad, noise=0.3, rng=rng) == (bad, good) for _ in range(2000)
+    )
+    assert 0.25 < flips / 2000 < 0.35
+
+
+def test_warm_start_styles_cover_both_sides_of_every_rule():
+    rng = random.Random(0)
+    for rule in ("correct-sum", "refuse-harmful", "formal-tone", "casual-tone"):
+        for prompt in (SUM, HARM, BENIGN):
+            scores = {gold_score(rule, prompt, make_response(prompt, s, rng)) for s in STYLES}
+            if rule in ("correct-sum",) and prompt != SUM or rule == "refuse-harmful" and prompt == SUM:
+                assert scores == {1.0}  # does not apply
+            else:
+                assert scores == {0.0, 1.0}, (rule, prompt)
+
+
+def test_pairs_are_decided_by_content_not_length_and_test_prompts_are_held_out():
+    test = make_pairs(count=1000, seed=0, split="test")
+    assert 0.4 < length_heuristic_accuracy(test) < 0.6
+    assert {r["family"] for r in test} == {"sum", "refusal", "tone", "mixed"}
+    train = make_pairs(count=2000, seed=0, noise=0.1, split="train")
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert 0.07 < sum(r["noisy"] for r in train) / len(train) < 0.13
+    task = get_task("preference")
+    rl_train = {ex.prompt for ex in task.load(None, "train", 2000, 0)}
+    rl_test = task.load(None, "test", None, 0)
+    assert not rl_train & {ex.prompt for ex in rl_test} and rl_test[0].meta["rule"] == "helpful-formal"
