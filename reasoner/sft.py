@@ -69,6 +69,13 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, dtype="float32", device=device)
     model.train()
+    if cfg.task.chat_template:  # train on the text RL and the server show the policy
+        from dataclasses import replace
+
+        from reasoner.trainer import prompt_renderer
+
+        render = prompt_renderer(tokenizer, cfg)
+        examples = [replace(ex, prompt=render(ex)) for ex in examples]
     data = encode_pairs(tokenizer, examples)
     optimizer = make_optimizer(model.parameters(), sc.lr, sc.weight_decay)
     scheduler = make_scheduler(optimizer, sc.warmup_steps, sc.steps, sc.schedule)

@@ -183,10 +183,10 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     model = wrap_ddp(policy, world)  # the update goes through DDP; generation and checkpoints use `policy`
-    reference = None
+    reference, reference_path = None, cfg.model.reference or model_path
     if cfg.algo.beta > 0:
         reference = (
-            load_policy(model_path, cfg.model.dtype, device, cfg.model.attn_implementation)
+            load_policy(reference_path, cfg.model.dtype, device, cfg.model.attn_implementation)
             .eval()
             .requires_grad_(False)
         )

@@ -7,7 +7,7 @@ from reasoner.tasks.base import Example, Task
 
 TASKS: Registry[Task] = Registry("task")
 
-_BUILTIN = ("arithmetic", "gsm8k", "math", "humaneval", "mbpp", "codegen", "preference")
+_BUILTIN = ("arithmetic", "gsm8k", "math", "humaneval", "mbpp", "codegen", "preference", "prompts")
 
 
 def get_task(name: str) -> Task:
