@@ -85,13 +85,7 @@ def _train(args) -> int:
     from reasoner.trainer import train
 
     cfg = load_config(args.config, args.overrides + (["train.resume=true"] if args.resume else []))
-    try:
-        result = train(cfg, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return 130
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result line
-        print(json.dumps(result))
-    return 0
+    return _run_to_json_line(train, cfg, args)
 
 
 def _sft(args) -> int:
@@ -144,12 +138,17 @@ def _rm(args) -> int:
 def _rlhf(args) -> int:
     from reasoner.rlhf import run_rlhf
 
-    cfg = load_config(args.config, args.overrides)
+    return _run_to_json_line(run_rlhf, load_config(args.config, args.overrides), args)
+
+
+def _run_to_json_line(run, cfg, args) -> int:
+    """Run a long job that ends with one JSON line; Ctrl-C/SIGTERM exits 130 once it has saved its state."""
     try:
-        result = run_rlhf(cfg, progress=not args.no_progress)
+        result = run(cfg, progress=not args.no_progress)
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result line
+        print(json.dumps(result))
     return 0
 
 
@@ -177,13 +176,7 @@ def _feedback(args) -> int:
 def _online(args) -> int:
     from reasoner.online import run_online
 
-    cfg = load_config(args.config, args.overrides)
-    try:
-        result = run_online(cfg, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result))
-    return 0
+    return _run_to_json_line(run_online, load_config(args.config, args.overrides), args)
 
 
 COMMANDS = {
