@@ -173,3 +173,41 @@ def test_cli_contract(trained, tiny_model_dir, tmp_path, capsys):
         ["rm", "eval", "--model", line["model"], "--data", str(tmp_path / "nope.jsonl"), "--out", "x.json"]
     )
     assert code == 2 and "nope.jsonl" in capsys.readouterr().err
+
+
+def test_sigterm_saves_the_step_it_finished_and_resume_continues(tiny_model_dir, tmp_path):
+    """SIGTERM mid-training: the step in flight finishes, *that* step is saved, and a resume logs each step once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reasoner.checkpoint import latest_checkpoint, load_trainer_state
+
+    data = _write_jsonl(tmp_path / "train.jsonl", ROWS * 4)
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "reasoner", "rm", "train", "--model", str(tiny_model_dir), "--data", data,
+            "--out", str(out), "--no-progress", "rm.batch_size=4", "rm.eval_every=0", "rm.save_every=0",
+            "train.tensorboard=false", "train.cpu_threads=1"]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(
+        [*args, "rm.steps=100000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 130, output
+    logged = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if "loss" in ln]
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and load_trainer_state(ckpt)["step"] == logged[-1] == len(logged), output
+    total = logged[-1] + 2
+    done = subprocess.run(
+        [*args, f"rm.steps={total}", "rm.resume=true"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if "loss" in ln]
+    assert steps == list(range(1, total + 1))
