@@ -15,6 +15,7 @@ def test_rlhf_raises_the_gold_score(tiny_model_dir, tmp_path):
     cfg = load_config("configs/rlhf-grpo.yaml", [
         f"model.path={tiny_model_dir}", f"sft.output_dir={tmp_path}/sft", f"rlhf.output_dir={tmp_path}/rlhf",
         "sft.steps=200", "rm.steps=60", "rm.eval_every=0", "rm.save_every=0", "rlhf.pairs=1200", "rlhf.eval_pairs=200",
+        "rlhf.ensemble=1", "optim.lr=5e-4",  # one RM and the gentler lr keep this short run fast and steady
         "train.steps=8", "train.eval_every=0", "train.save_every=0", "task.eval_size=100", "train.tensorboard=false",
     ])  # fmt: skip
     result = run_rlhf(cfg, progress=False)
