@@ -162,7 +162,7 @@ def train_reward_model(
 ) -> dict:
     """Train a Bradley–Terry RM on ``data`` from ``model_path`` (a causal LM, or an RM directory = warm start);
     save it under ``out_dir/final`` with its tokenizer and reward stats; return the result dict."""
-    from reasoner.trainer import _GracefulStop, batch_for_step
+    from reasoner.trainer import GracefulStop, Interrupted, batch_for_step
 
     t_start, rc = time.time(), cfg.rm
     run = Path(out_dir or rc.output_dir)
@@ -211,7 +211,7 @@ def train_reward_model(
         initial=start,
         total=rc.steps,
     )
-    stop, step = _GracefulStop(), start
+    stop, step = GracefulStop(), start
     try:
         for step in bar:
             stats = defaultdict(float)
@@ -235,7 +235,8 @@ def train_reward_model(
                 evaluate(step + 1)
             if rc.save_every and (step + 1) % rc.save_every == 0:
                 checkpoint(step + 1)
-            stop.raise_if_requested()
+            if stop.requested:  # SIGINT/SIGTERM: save this step and stop (a second signal aborts)
+                raise Interrupted
         step = rc.steps
     except KeyboardInterrupt:
         bar.close()
