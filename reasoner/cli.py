@@ -12,6 +12,8 @@ import os
 import sys
 
 from reasoner.config import ConfigError, load_config
+from reasoner.data import DataError
+from reasoner.rewards.user import RewardError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"reasoner {args.command}: config error: {e}", file=sys.stderr)
         return 2
+    except DataError as e:
+        print(f"reasoner {args.command}: data error: {e}", file=sys.stderr)
+        return 2
+    except RewardError as e:  # a user reward function failed: its name, the example and its traceback
+        print(f"reasoner {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:

@@ -40,9 +40,9 @@ class ModelConfig:
 
 @dataclass
 class RewardTerm:
-    name: str = (
-        "math"  # a name in reasoner.rewards.REWARDS, or "model" (the reward model(s) in `reward_model`)
-    )
+    # a name in reasoner.rewards.REWARDS, "model" (the reward model(s) in `reward_model`), or a function of
+    # yours: "path/to/file.py:function" / "package.module:function" (see task.reward)
+    name: str = "math"
     weight: float = 1.0
 
 
@@ -63,6 +63,18 @@ class TaskConfig:
     # Weighted rewards, each logged on its own as reward/<name>, e.g. [{name: math, weight: 1.0}, {name: model,
     # weight: 0.5}]; empty = the task's own reward. format_reward > 0 adds {name: format, weight: format_reward}.
     rewards: list[RewardTerm] = field(default_factory=list)
+    # Your own data and reward (README "Train on your own data"). prompt: a template over the row's fields
+    # ("Solve: {problem}\nAnswer:") or the name of a field holding a string or chat messages; None = the task's
+    # own template (task dataset: the field "prompt"). answer / solution (task dataset only): the gold field and
+    # an optional reference completion (SFT target), dotted for nested keys (reward_model.ground_truth).
+    prompt: str | None = None
+    answer: str | None = None
+    solution: str | None = None
+    # The task's reward: a name in reasoner.rewards.REWARDS, or a function of yours, "path/to/file.py:function"
+    # or "package.module:function", called TRL's way: function(completions, prompts=..., **columns) -> scores.
+    # None = the task's own. Scores training (unless task.rewards lists the terms) and the held-out evaluation.
+    reward: str | None = None
+    reward_workers: int = 0  # worker processes for a user reward function (slow ones); 0 = in this process
 
 
 @dataclass
@@ -307,12 +319,31 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. algo.beta=0.02)")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _parse_override(cfg, key.strip(), raw)
         nested: Any = value
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
         _apply(cfg, nested, prefix="", source="command line")
     return cfg
+
+
+def _parse_override(cfg: Config, key: str, raw: str) -> Any:
+    """The value of ``key=raw``: YAML, except that a text setting takes the text as typed, so a prompt template
+    like ``task.prompt=Q: {question}`` needs no YAML quoting (``null`` and ``~`` still mean None, and a quoted
+    value is unquoted)."""
+    if not raw.strip():
+        return None
+    hint: Any = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(hint) if dataclasses.is_dataclass(hint) else {}
+        if part not in hints:
+            hint = None
+            break
+        hint = hints[part]
+    if hint in (str, str | None) and raw.strip() not in ("null", "~", "Null", "NULL"):
+        quoted = len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\""
+        return yaml.safe_load(raw) if quoted else raw
+    return yaml.safe_load(raw)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -18,7 +18,9 @@ function body that continues a HumanEval prompt). Every evaluated example needs 
 
 Metrics: math tasks report ``accuracy`` (mean over examples of the fraction of correct samples) and
 ``extracted`` (fraction of completions with a final answer the checker could find); code tasks report the
-unbiased ``pass@k`` (Chen et al. 2021) for each requested k. Samples the reward could not score (``None``:
+unbiased ``pass@k`` (Chen et al. 2021) for each requested k; tasks scored by any reward (``kind="reward"``, the
+generic ``dataset`` task) report ``mean_reward`` (the mean over examples of their samples' mean score, the
+held-out score of a training run) and ``accuracy`` (samples scoring at least 1). Samples the reward could not score (``None``:
 e.g. the sandbox itself failed after retries) are left out of the counts and reported as ``unscored``.
 
 >>> report = EvalReport(task="toy", n=2, metrics={"pass@1": 0.75}, records=[])
@@ -44,6 +46,7 @@ from reasoner.tasks.base import Example, Task
 EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "codegen")
 COUNT_KEYS = ("examples", "samples", "correct", "unscored")  # integer metrics, printed as counts
 SCORE_CHUNK = 256  # completions per reward call: bounds memory, drives the progress bar
+SCORE_METRIC = {"math": "accuracy", "code": "pass@1", "reward": "mean_reward"}  # a task kind's headline score
 
 
 @dataclass
@@ -79,11 +82,13 @@ def score_completions(
     *,
     k_values: Sequence[int] = (1,),
     progress: bool = False,
+    reward: Callable | None = None,
     **reward_kwargs,
 ) -> EvalReport:
     """Score ``completions[i]`` (the samples of ``examples[i]``) with the task's reward and build the report.
 
-    ``reward_kwargs`` go to the reward function (e.g. ``partial=True`` for the code reward).
+    ``reward``: the reward function; None = the task's registered reward. ``reward_kwargs`` go to the reward
+    function (e.g. ``partial=True`` for the code reward).
     """
     from reasoner.rewards import get_reward
 
@@ -95,7 +100,7 @@ def score_completions(
         raise ValueError("score_completions: no examples to score")
     counts = [len(c) for c in completions]
     _check_k(k_values, min(counts))
-    reward = get_reward(task.reward)
+    reward = reward or get_reward(task.reward)
     flat = [(i, text) for i, group in enumerate(completions) for text in group]
     scores: list[float | None] = []
     bar = _progress(total=len(flat), desc=f"scoring {task.name}", enabled=progress)
@@ -104,7 +109,7 @@ def score_completions(
         out = reward([text for _, text in chunk], [examples[i] for i, _ in chunk], **reward_kwargs)
         if len(out.scores) != len(chunk):
             raise RuntimeError(
-                f"reward {task.reward!r} returned {len(out.scores)} scores for {len(chunk)} completions"
+                f"reward {getattr(reward, '__name__', task.reward)!r} returned {len(out.scores)} scores for {len(chunk)} completions"
             )
         scores += out.scores
         bar.update(len(chunk))
@@ -144,6 +149,7 @@ def evaluate_model(
     render: Callable[[Example], str] = lambda ex: ex.prompt,
     progress: bool = True,
     batch_prompts: int = 64,
+    reward: Callable | None = None,
 ) -> EvalReport:
     """Generate ``n`` completions per example with ``engine`` (greedy when ``temperature == 0``) and score them."""
     from reasoner.rollout.base import SamplingParams
@@ -167,7 +173,7 @@ def evaluate_model(
         completions += groups
         bar.update(len(chunk))
     bar.close()
-    return score_completions(task, examples, completions, k_values=k_values, progress=progress)
+    return score_completions(task, examples, completions, k_values=k_values, progress=progress, reward=reward)
 
 
 def _check_k(k_values: Sequence[int], n: int) -> None:
@@ -193,6 +199,11 @@ def _metrics(task: Task, records: list[dict], k_values: Sequence[int]) -> dict[s
         metrics["accuracy"] = sum(r["correct"] / r["n"] for r in scored) / len(scored) if scored else 0.0
         metrics["extracted"] = _extracted_fraction(records)
         k_values = [k for k in k_values if k > 1]
+    if task.kind == "reward":
+        means = [sum(s for s in r["scores"] if s is not None) / r["n"] for r in scored]
+        metrics["mean_reward"] = sum(means) / len(means) if means else 0.0
+        metrics["accuracy"] = sum(r["correct"] / r["n"] for r in scored) / len(scored) if scored else 0.0
+        k_values = []
     for k in k_values:
         usable = [(r["n"], r["correct"]) for r in records if r["n"] >= k]
         if usable:  # problems with fewer than k scored samples (sandbox failures) cannot give pass@k

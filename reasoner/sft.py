@@ -20,7 +20,7 @@ from tqdm import tqdm
 from reasoner.config import Config
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.tasks import get_task
+from reasoner.tasks import load_examples
 from reasoner.tasks.base import Example
 
 
@@ -29,7 +29,10 @@ def encode_pairs(tokenizer, examples: list[Example]) -> list[tuple[list[int], in
     out = []
     for ex in examples:
         if ex.solution is None:
-            raise ValueError(f"SFT needs reference solutions, but an example has none: {ex.prompt[:80]!r}")
+            raise ValueError(
+                f"SFT needs reference solutions, but an example has none: {ex.prompt[:80]!r}; with "
+                "task.name=dataset name the field that holds them (task.solution=FIELD), or set sft.steps=0"
+            )
         p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
         s = tokenizer(ex.solution, add_special_tokens=False)["input_ids"]
         out.append((p + s + [tokenizer.eos_token_id], len(p)))
@@ -53,8 +56,7 @@ def collate(
 def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = True) -> Path:
     """Fine-tune ``model_path`` on the task's reference solutions; save to ``out_dir`` and return it."""
     out = Path(out_dir)
-    task = get_task(cfg.task.name)
-    examples = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
+    examples = load_examples(cfg.task, "train", cfg.train.seed)
     key = _cache_key(cfg, model_path, examples)
     done = out / "sft_done.json"
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
@@ -69,12 +71,12 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, dtype="float32", device=device)
     model.train()
-    if cfg.task.chat_template:  # train on the text RL and the server show the policy
+    if cfg.task.chat_template or any(ex.messages is not None for ex in examples):
         from dataclasses import replace
 
         from reasoner.trainer import prompt_renderer
 
-        render = prompt_renderer(tokenizer, cfg)
+        render = prompt_renderer(tokenizer, cfg)  # train on the text RL and the server show the policy
         examples = [replace(ex, prompt=render(ex)) for ex in examples]
     data = encode_pairs(tokenizer, examples)
     optimizer = make_optimizer(model.parameters(), sc.lr, sc.weight_decay)

@@ -55,7 +55,7 @@ from reasoner.checkpoint import (
     save_checkpoint,
     write_json_atomic,
 )
-from reasoner.config import Config, to_dict
+from reasoner.config import Config, ConfigError, to_dict
 from reasoner.distributed import (
     NullLogger,
     all_reduce_mean,
@@ -67,14 +67,14 @@ from reasoner.distributed import (
     wrap_ddp,
 )
 from reasoner.estimators import make_estimator
-from reasoner.evaluate import evaluate_model
+from reasoner.evaluate import SCORE_METRIC, evaluate_model
 from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.rewards.combine import build_reward
+from reasoner.rewards.combine import build_eval_reward, build_reward
 from reasoner.rollout import Rollout, SamplingParams, make_engine
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
-from reasoner.tasks import get_task
+from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
 
 
@@ -122,6 +122,7 @@ class Run:
     eval_shard: list[Example]
     eval_size: int
     reward_fn: Callable
+    eval_reward: Callable  # the task's reward (task.reward): what the held-out score is measured with
     format_fn: Callable | None
     render: Callable[[Example], str]
     engine: Any  # reasoner.rollout.Engine
@@ -168,7 +169,11 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
     _check_algo(cfg)  # before anything slow runs
 
     model_path = cfg.model.path
-    if cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
+    task = get_task(cfg.task.name)
+    if cfg.sft.steps > 0 and task.from_fields and cfg.task.solution is None:
+        if world.is_main:
+            print("[train] no task.solution (reference completions) in the data: skipping the SFT warm start")
+    elif cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
         from reasoner.sft import run_sft
 
         if world.is_main:
@@ -192,11 +197,11 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         )
     estimator = make_estimator(cfg, policy, model_path, device)
 
-    task = get_task(cfg.task.name)
-    train_set = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
-    eval_set = task.load(cfg.task.test, cfg.task.test_split, cfg.task.eval_size, cfg.train.seed)
+    train_set = load_examples(cfg.task, "train", cfg.train.seed)  # task.prompt/answer/... applied
+    eval_set = load_examples(cfg.task, "test", cfg.train.seed)
     eval_shard = shard(eval_set, world.rank, world.world_size, even=False)
     reward_fn = build_reward(cfg, task.reward, device)  # the task's reward, or task.rewards weighted
+    eval_reward = build_eval_reward(cfg, task, reward_fn, device)
     format_fn = None  # task.format_reward is one of build_reward's terms
     render = prompt_renderer(tokenizer, cfg)
     engine = make_engine(cfg.rollout, policy, tokenizer, model_path)
@@ -221,7 +226,7 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.algo.name, dynamic_ncols=True,
                disable=not (progress and world.is_main))  # fmt: skip
     return Run(cfg, world, run_dir, device, tokenizer, policy, model, reference, estimator, task, train_set,
-               eval_shard, len(eval_set), reward_fn, format_fn, render, engine, optimizer, scheduler, log, bar,
+               eval_shard, len(eval_set), reward_fn, eval_reward, format_fn, render, engine, optimizer, scheduler, log, bar,
                start_step, start_step if ckpt else None, history, t_start)  # fmt: skip
 
 
@@ -366,11 +371,11 @@ def evaluate(run: Run, step: int, stop: GracefulStop) -> float:
         report = evaluate_model(
             run.engine, run.task, run.eval_shard, temperature=cfg.train.eval_temperature,
             max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed, render=run.render, progress=False,
-            batch_prompts=max(1, cfg.rollout.batch_size),
+            batch_prompts=max(1, cfg.rollout.batch_size), reward=run.eval_reward,
         )  # fmt: skip
     counts = ("examples", "samples", "correct", "unscored")
     metrics = all_reduce_mean(report.metrics, run.world, weight=len(run.eval_shard), sums=counts)
-    score = metrics["accuracy" if run.task.kind == "math" else "pass@1"]
+    score = metrics[SCORE_METRIC[run.task.kind]]
     run.log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in metrics.items()}})
     return score
 
@@ -584,14 +589,23 @@ def _permutation(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def prompt_renderer(tokenizer, cfg: Config):
-    if not cfg.task.chat_template:
-        return lambda ex: ex.prompt
+    """The text the policy continues: a conversational example (``ex.messages``) always goes through the chat
+    template, as TRL does; a plain prompt only with ``task.chat_template``."""
     system = cfg.task.system_prompt
 
     def render(ex: Example) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": ex.prompt}
-        ]
+        if ex.messages is None and not cfg.task.chat_template:
+            return ex.prompt
+        messages = ex.messages if ex.messages is not None else [{"role": "user", "content": ex.prompt}]
+        if system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system}, *messages]
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"the tokenizer of {cfg.model.tokenizer or cfg.model.path!r} has no chat template, which "
+                + ("the conversational prompts of the data need (task.prompt names a field of chat messages): "
+                   "give a template over a text field instead, or a model with a chat template"
+                   if ex.messages is not None else "task.chat_template=true needs")
+            )  # fmt: skip
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     return render

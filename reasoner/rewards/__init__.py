@@ -24,7 +24,13 @@ RewardFn = Callable[[Sequence[str], Sequence[Example]], RewardOutput]
 REWARDS: Registry[RewardFn] = Registry("reward function")
 
 
-def get_reward(name: str) -> RewardFn:
+def get_reward(name: str, workers: int = 0) -> RewardFn:
+    """A registered reward, or a function of yours: ``path/to/file.py:function`` / ``package.module:function``
+    (reasoner.rewards.user; ``workers`` > 0 runs it in that many processes)."""
+    if ":" in name:
+        from reasoner.rewards.user import UserReward
+
+        return UserReward(name, workers)
     # Import the modules that register rewards lazily, so importing reasoner stays cheap.
     if name not in REWARDS:
         from reasoner.rewards import code, format, gold, math  # noqa: F401

@@ -44,31 +44,57 @@ def combine_scores(
 
 
 def reward_terms(cfg, task_reward: str) -> list[tuple[str, float]]:
-    terms = [(t.name, t.weight) for t in cfg.task.rewards] or [(task_reward, 1.0)]
+    terms = [(t.name, t.weight) for t in cfg.task.rewards] or [(cfg.task.reward or task_reward, 1.0)]
     if cfg.task.format_reward > 0:
         terms.append(("format", cfg.task.format_reward))
     return terms
 
 
+def resolve_reward(cfg, name: str, device=None) -> RewardFn:
+    """One term: a configured reward (``model``), a function of yours (``file.py:function``), or a registered one."""
+    if name in CONFIGURED_REWARDS:
+        return CONFIGURED_REWARDS.get(name)(cfg, device)
+    return get_reward(name, workers=cfg.task.reward_workers)
+
+
+def term_label(name: str) -> str:
+    """The metric name of a term: a user reward ``dir/my_reward.py:exact_number`` logs as ``exact_number``."""
+    return name.rpartition(":")[2]
+
+
 def build_reward(cfg, task_reward: str, device=None) -> RewardFn:
     """The run's reward function: the task's own reward alone, or the weighted combination of ``task.rewards``."""
     terms = reward_terms(cfg, task_reward)
-    fns = [
-        CONFIGURED_REWARDS.get(n)(cfg, device) if n in CONFIGURED_REWARDS else get_reward(n) for n, _ in terms
-    ]
-    if len(terms) == 1 and terms[0][1] == 1.0:
-        return fns[0]
     names = [n for n, _ in terms]
     if len(set(names)) != len(names):
         raise ValueError(f"task.rewards names each reward once; got {names}")
+    fns = [resolve_reward(cfg, n, device) for n in names]
+    if len(terms) == 1 and terms[0][1] == 1.0:
+        return fns[0]
+    labels = [term_label(n) for n in names]
+    if len(set(labels)) != len(labels):  # two files with a function of the same name: log them by spec
+        labels = names
 
     def combined(completions, examples, **kwargs) -> RewardOutput:
         outs = [fn(completions, examples, **kwargs) for fn in fns]
         metrics = {}
-        for (name, _), out in zip(terms, outs, strict=True):
+        for name, out in zip(labels, outs, strict=True):
             got = [s for s in out.scores if s is not None]
             metrics[name] = sum(got) / len(got) if got else 0.0
             metrics |= {f"{name}/{k}": v for k, v in out.metrics.items()}
         return RewardOutput(combine_scores([o.scores for o in outs], [w for _, w in terms]), metrics)
 
     return combined
+
+
+def build_eval_reward(cfg, task, train_reward: RewardFn, device=None) -> RewardFn:
+    """What scores the held-out evaluation: ``task.reward`` when set, else the task's own reward; the
+    ``dataset`` task without ``task.reward`` but with ``task.rewards`` is evaluated on the training reward."""
+    name = cfg.task.reward
+    if name is None:
+        if task.from_fields and cfg.task.rewards:
+            return train_reward
+        name = task.reward
+    if reward_terms(cfg, task.reward) == [(name, 1.0)]:
+        return train_reward  # the same object: a user reward's worker pool is started once
+    return resolve_reward(cfg, name, device)

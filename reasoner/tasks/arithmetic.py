@@ -54,6 +54,7 @@ def make_problem(rng: random.Random, min_ops: int = MIN_OPS, max_ops: int = MAX_
         prompt=f"{story}\n",
         gold=str(total),
         solution=", ".join(steps) + f"\n#### {total}",
+        columns={"question": story, "answer": str(total)},
     )
 
 

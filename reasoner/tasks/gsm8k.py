@@ -31,6 +31,7 @@ def load(source: str | None, split: str, size: int | None, seed: int) -> list[Ex
             gold=gold_answer(row["answer"]),
             solution=" " + row["answer"].strip(),
             meta={"index": i},
+            columns=row,
         )
         for i, row in enumerate(rows)
     ]

@@ -31,6 +31,7 @@ def load(source: str | None, split: str, size: int | None, seed: int) -> list[Ex
                 "test": row["test"],
                 "code_prefix": row["prompt"],
             },
+            columns=row,
         )
         for i, row in enumerate(rows)
     ]

@@ -62,6 +62,7 @@ def load(source: str | None, split: str, size: int | None, seed: int) -> list[Ex
                 gold=str(gold),
                 solution=" " + row["solution"].strip(),
                 meta=meta,
+                columns=row,
             )
         )
     if size is not None and size < len(examples):

@@ -47,6 +47,7 @@ def load(source: str | None, split: str, size: int | None, seed: int) -> list[Ex
                     "test_imports": imports,
                     "code_prefix": "",
                 },
+                columns=row,
             )
         )
     if size is not None and size < len(examples):
