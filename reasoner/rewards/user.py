@@ -145,6 +145,10 @@ class UserReward:
 
     def _describe(self, failure: _Failure, examples: Sequence[Example], completions: Sequence[str]) -> str:
         head = f"reward function {self.name!r} ({self.spec}) raised {failure.error}"
+        if "unexpected keyword argument" in failure.error:  # the signature, not an example, is at fault
+            names = ", ".join(["prompts", *aligned_columns(examples)])
+            return (f"{head}\n  hint: every column comes as a keyword argument (here: {names}); end the "
+                    f"signature with **kwargs to take only the ones you need")  # fmt: skip
         if failure.index is None:
             where = f"on a batch of {len(completions)} completions (each alone scores without error)"
         else:
@@ -153,12 +157,7 @@ class UserReward:
                    else f"example {ex.meta.get('task_id', ex.meta.get('index', failure.index))}")  # fmt: skip
             where = (f"on {row}\n  prompt:     {_clip(ex.prompt)}\n"
                      f"  completion: {_clip(completions[failure.index])}")  # fmt: skip
-        hint = ""
-        if "unexpected keyword argument" in failure.error:
-            names = ", ".join(["prompts", *aligned_columns(examples)])
-            hint = (f"\n  hint: every column comes as a keyword argument (here: {names}); "
-                    f"end the signature with **kwargs to take only the ones you need")  # fmt: skip
-        return f"{head} {where}{hint}\n{failure.traceback}"
+        return f"{head} {where}\n{failure.traceback}"
 
 
 def aligned_columns(examples: Sequence[Example]) -> dict[str, list[Any]]:
@@ -189,20 +188,18 @@ def _score(fn: Callable, completions: list[str], prompts: list, columns: dict[st
         return _checked(fn, completions, prompts, columns)
     except RewardError:
         raise  # a wrong return value: the function ran, so no example is to blame
-    except Exception as batch_error:
-        for i in range(len(completions)):
-            try:
-                _checked(
-                    fn,
-                    completions[i : i + 1],
-                    prompts[i : i + 1],
-                    {k: v[i : i + 1] for k, v in columns.items()},
-                )
-            except RewardError:
-                raise
-            except Exception as e:
-                return _Failure(i, _one_line(e), _user_traceback(e), e)
-        return _Failure(None, _one_line(batch_error), _user_traceback(batch_error), batch_error)
+    except Exception as e:
+        batch_error = e
+    for i in range(len(completions)):  # outside the except block: the user's error is not chained to ours
+        try:
+            _checked(
+                fn, completions[i : i + 1], prompts[i : i + 1], {k: v[i : i + 1] for k, v in columns.items()}
+            )
+        except RewardError:
+            raise
+        except Exception as e:
+            return _Failure(i, _one_line(e), _user_traceback(e), e)
+    return _Failure(None, _one_line(batch_error), _user_traceback(batch_error), batch_error)
 
 
 def _checked(
@@ -267,7 +264,7 @@ def _user_traceback(e: BaseException) -> str:
     tb = e.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(e), e, tb)).rstrip()
+    return "".join(traceback.format_exception(type(e), e, tb, chain=False)).rstrip()
 
 
 def _clip(text: str, limit: int = 200) -> str:
