@@ -1,4 +1,4 @@
-"""Load task records through ``datasets``: a hub id, or a local .jsonl / .json / .jsonl.gz / .parquet / .csv file.
+"""Load task records through ``datasets``: a hub id, or a local .jsonl / .json / .jsonl.gz / .parquet file.
 
 Every record is checked for the fields the task needs; a missing field fails with a message that names the
 file, the row and the field.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet", ".csv": "csv"}
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".gz": "json", ".parquet": "parquet"}
 
 
 class DataError(ValueError):
@@ -23,7 +23,7 @@ def load_records(source: str, split: str = "train", required: tuple[str, ...] = 
     if path.suffix in LOCAL_FORMATS or path.exists():
         if not path.is_file():
             raise DataError(
-                f"data file {source!r} not found (give a .jsonl, .json, .jsonl.gz, .parquet or .csv file, or a hub id)"
+                f"data file {source!r} not found (give a .jsonl, .json, .jsonl.gz or .parquet file, or a hub id)"
             )
         builder = LOCAL_FORMATS.get(path.suffix)
         if builder is None:

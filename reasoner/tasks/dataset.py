@@ -1,6 +1,6 @@
 """The generic task ``task.name=dataset``: any file or hub dataset, its fields named in the config.
 
-``task.train`` / ``task.test``: a .jsonl / .json / .jsonl.gz / .parquet / .csv file or a hub id
+``task.train`` / ``task.test``: a .jsonl / .json / .jsonl.gz / .parquet file or a hub id
 (``name:config``; the splits are ``task.train_split`` / ``task.test_split``). ``task.prompt``: a template over
 the row's fields or the name of a field holding a string or chat messages (default ``prompt``, TRL's column);
 ``task.answer``: the gold field, dotted for nested keys (``reward_model.ground_truth`` reads verl's parquet as
@@ -39,7 +39,7 @@ def load(
     if source is None:
         raise ConfigError(
             "task.name=dataset reads your data: set task.train=FILE_OR_HUB_ID and task.test=FILE_OR_HUB_ID "
-            "(a .jsonl, .json, .parquet or .csv file, or a hub dataset id)"
+            "(a .jsonl, .json, .jsonl.gz or .parquet file, or a hub dataset id)"
         )
     prompt = prompt or DEFAULT_PROMPT
     rows = load_records(source, split)
