@@ -71,7 +71,7 @@ from reasoner.evaluate import SCORE_METRIC, evaluate_model
 from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.rewards.combine import build_eval_reward, build_reward
+from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
 from reasoner.rollout import Rollout, SamplingParams, make_engine
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
 from reasoner.tasks import get_task, load_examples
@@ -170,6 +170,10 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
 
     model_path = cfg.model.path
     task = get_task(cfg.task.name)
+    # The data first: a missing field or a bad template fails before any model loads.
+    train_set = load_examples(cfg.task, "train", cfg.train.seed)  # task.prompt/answer/... applied
+    eval_set = load_examples(cfg.task, "test", cfg.train.seed)
+    check_reward_specs(cfg, task.reward)  # and a reward function of yours loads
     if cfg.sft.steps > 0 and task.from_fields and cfg.task.solution is None:
         if world.is_main:
             print("[train] no task.solution (reference completions) in the data: skipping the SFT warm start")
@@ -197,8 +201,6 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         )
     estimator = make_estimator(cfg, policy, model_path, device)
 
-    train_set = load_examples(cfg.task, "train", cfg.train.seed)  # task.prompt/answer/... applied
-    eval_set = load_examples(cfg.task, "test", cfg.train.seed)
     eval_shard = shard(eval_set, world.rank, world.world_size, even=False)
     reward_fn = build_reward(cfg, task.reward, device)  # the task's reward, or task.rewards weighted
     eval_reward = build_eval_reward(cfg, task, reward_fn, device)

@@ -57,6 +57,15 @@ def resolve_reward(cfg, name: str, device=None) -> RewardFn:
     return get_reward(name, workers=cfg.task.reward_workers)
 
 
+def check_reward_specs(cfg, task_reward: str) -> None:
+    """Load every reward function of yours now (cheap), so a wrong spec fails before any model loads."""
+    from reasoner.rewards.user import is_reward_spec, load_function
+
+    for name in {n for n, _ in reward_terms(cfg, task_reward)} | {cfg.task.reward or task_reward}:
+        if is_reward_spec(name):
+            load_function(name)
+
+
 def term_label(name: str) -> str:
     """The metric name of a term: a user reward ``dir/my_reward.py:exact_number`` logs as ``exact_number``."""
     return name.rpartition(":")[2]

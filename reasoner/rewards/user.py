@@ -64,6 +64,8 @@ def load_function(spec: str) -> Callable:
         if not path.is_file():
             raise RewardError(f"reward {spec!r}: no file {target!r} (relative paths start at {Path.cwd()})")
         module_name = f"_reasoner_user_reward_{sha1(str(path.resolve()).encode()).hexdigest()[:12]}"
+        if module_name in sys.modules:  # loaded once per process, like an import
+            return _function(sys.modules[module_name], spec)
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module  # so that its dataclasses and pickling work
@@ -80,6 +82,11 @@ def load_function(spec: str) -> Callable:
                 f"reward {spec!r}: no module {target!r} ({e}); give a file path ('{target.replace('.', '/')}.py:"
                 f"{name}') or install the package"
             ) from None
+    return _function(module, spec)
+
+
+def _function(module, spec: str) -> Callable:
+    target, _, name = spec.rpartition(":")
     fn = getattr(module, name, None)
     if not callable(fn):
         found = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_"))
