@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from reasoner.config import Config
+from reasoner.config import Config, ConfigError
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.tasks import load_examples
+from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
 
 
@@ -56,6 +56,11 @@ def collate(
 def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = True) -> Path:
     """Fine-tune ``model_path`` on the task's reference solutions; save to ``out_dir`` and return it."""
     out = Path(out_dir)
+    if get_task(cfg.task.name).from_fields and cfg.task.solution is None:
+        raise ConfigError(
+            "SFT trains on reference completions: name the field of your data that holds them "
+            "(task.solution=FIELD)"
+        )
     examples = load_examples(cfg.task, "train", cfg.train.seed)
     key = _cache_key(cfg, model_path, examples)
     done = out / "sft_done.json"

@@ -68,3 +68,21 @@ def test_a_reward_of_yours_that_raises_stops_the_run_naming_it(tiny_model_dir, t
     )
     assert "on row 2 of data.jsonl" in got.stderr and "'3+4='" in got.stderr
     assert "no task.solution" in got.stdout
+
+
+def test_sft_warm_start_on_the_solution_field_of_conversational_rows(tiny_model_dir, tmp_path):
+    from reasoner.config import ConfigError, load_config
+    from reasoner.sft import run_sft
+
+    rows = [
+        {"chat": [{"role": "user", "content": r["q"]}], "sol": r["sol"], "ref": f" {r['sol']}"} for r in ROWS
+    ]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["task.name=dataset", f"task.train={tmp_path / 'data.jsonl'}", "task.prompt=chat", "task.answer=sol",
+            "sft.steps=2", "sft.batch_size=2", "sft.warmup_steps=0", "train.cpu_threads=1"]  # fmt: skip
+    out = run_sft(
+        load_config(None, [*base, "task.solution=ref"]), str(tiny_model_dir), tmp_path / "sft", False
+    )
+    assert json.loads((out / "sft_done.json").read_text())["steps"] == 2
+    with pytest.raises(ConfigError, match="task.solution=FIELD"):
+        run_sft(load_config(None, base), str(tiny_model_dir), tmp_path / "sft2", False)
