@@ -12,8 +12,9 @@ ignores the columns it does not need::
 
 An exception inside your function stops the run with a ``RewardError`` that names the function, the example
 (its row and source, prompt and completion) and your traceback. A slow function can run in worker processes
-(``task.reward_workers=N``): each batch is split into N contiguous chunks scored in parallel; the workers load
-the function from the same spec, so it must be importable there (a file path always is).
+(``task.reward_workers=N``): each batch is split into N contiguous chunks scored in parallel by N worker
+interpreters (``_user_worker``; fresh interpreters, so no ``__main__`` guard is needed anywhere), which load the
+function from the same spec with the trainer's ``sys.path``.
 
 This runs your code in the trainer's process (or its workers) with the trainer's rights: it is not a sandbox.
 """
@@ -22,15 +23,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import math
-import multiprocessing
-import signal
+import socket
+import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha1
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,7 @@ class UserReward:
         self.fn = load_function(spec)  # in this process too, so a bad spec fails before any worker starts
         self.name = spec.rpartition(":")[2]
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: _Workers | None = None
 
     def __call__(self, completions: Sequence[str], examples: Sequence[Example], **_) -> RewardOutput:
         if len(completions) != len(examples):
@@ -119,15 +121,14 @@ class UserReward:
             if isinstance(got, _Failure):
                 raise RewardError(self._describe(got, examples, completions)) from got.exception
             return RewardOutput(scores=got)
+        if self._pool is None:
+            self._pool = _Workers(self.spec, self.workers)
         bounds = _chunks(len(completions), self.workers)
-        futures = [
-            self._executor().submit(_score_in_worker, completions[a:b], prompts[a:b],
-                                    {k: v[a:b] for k, v in columns.items()})
-            for a, b in bounds
-        ]  # fmt: skip
+        results = self._pool.map(
+            [(completions[a:b], prompts[a:b], {k: v[a:b] for k, v in columns.items()}) for a, b in bounds]
+        )
         scores = []
-        for (a, _), future in zip(bounds, futures, strict=True):
-            got = future.result()
+        for (a, _), got in zip(bounds, results, strict=True):
             if isinstance(got, _Failure):
                 if got.index is not None:
                     got.index += a
@@ -137,18 +138,8 @@ class UserReward:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            self._pool.close()
             self._pool = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers,
-                mp_context=multiprocessing.get_context("spawn"),  # no fork of a process holding torch threads
-                initializer=_init_worker,
-                initargs=(self.spec, list(sys.path)),
-            )
-        return self._pool
 
     def _describe(self, failure: _Failure, examples: Sequence[Example], completions: Sequence[str]) -> str:
         head = f"reward function {self.name!r} ({self.spec}) raised {failure.error}"
@@ -232,18 +223,69 @@ def _checked(
     return scores
 
 
-_WORKER_FN: Callable | None = None
+STARTUP_TIMEOUT_S = 120.0  # a worker imports the user's module; on a loaded machine that can take a while
 
 
-def _init_worker(spec: str, path: list[str]) -> None:
-    global _WORKER_FN
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle (it finishes the step)
-    sys.path[:] = path
-    _WORKER_FN = load_function(spec)
+class _Workers:
+    """``size`` worker interpreters (``_user_worker``), each scoring one chunk of a batch at a time."""
 
+    def __init__(self, spec: str, size: int):
+        from reasoner.rewards._user_worker import BOOT
 
-def _score_in_worker(completions: list[str], prompts: list, columns: dict[str, list]) -> list | _Failure:
-    return _score(_WORKER_FN, completions, prompts, columns)
+        self.spec = spec
+        self.procs: list[subprocess.Popen] = []
+        self.conns: list[Connection] = []
+        try:
+            for _ in range(size):
+                ours, theirs = socket.socketpair()
+                with theirs:
+                    self.procs.append(subprocess.Popen(
+                        [sys.executable, "-I", "-c", BOOT, json.dumps(sys.path), spec, str(theirs.fileno())],
+                        pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+                    ))  # fmt: skip
+                self.conns.append(Connection(ours.detach()))
+            for i, conn in enumerate(self.conns):
+                if not conn.poll(STARTUP_TIMEOUT_S):
+                    raise RewardError(f"reward {spec!r}: a worker did not start in {STARTUP_TIMEOUT_S:.0f}s")
+                status, message = self._recv(i)
+                if status != "ready":
+                    raise RewardError(message)
+        except BaseException:
+            self.close()
+            raise
+
+    def map(self, requests: list[tuple]) -> list:
+        """One request per worker, all sent before any answer is read, so the workers score in parallel."""
+        for conn, request in zip(self.conns, requests, strict=False):
+            conn.send(request)
+        out = []
+        for i in range(len(requests)):
+            status, payload = self._recv(i)
+            if status == "error":
+                raise RewardError(payload)
+            out.append(payload)
+        return out
+
+    def _recv(self, i: int):
+        try:
+            return self.conns[i].recv()
+        except EOFError:
+            code = self.procs[i].wait()
+            raise RewardError(
+                f"reward {self.spec!r}: worker process {self.procs[i].pid} died (exit code {code}) while scoring; "
+                "run with task.reward_workers=0 to see the error in the trainer's process"
+            ) from None
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()  # a worker exits when its socket closes
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.conns, self.procs = [], []
 
 
 def _chunks(n: int, parts: int) -> list[tuple[int, int]]:

@@ -1,7 +1,11 @@
 """Reward functions of yours (``task.reward=file.py:function`` / ``module:function``), called TRL's way."""
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +181,28 @@ def test_reward_source_with_a_syntax_error_is_reported(tmp_path):
     bad.write_text(textwrap.dedent("def f(completions, **kw)\n    return []\n"))
     with pytest.raises(RewardError, match=r"(?s)importing .*broken.py failed.*SyntaxError"):
         get_reward(f"{bad}:f")
+
+
+def test_workers_run_from_a_script_on_stdin_without_a_main_guard(reward_file):
+    script = (
+        "from reasoner.rewards.user import UserReward\n"
+        "from reasoner.tasks.base import Example\n"
+        f"r = UserReward({str(reward_file) + ':unsure'!r}, workers=2)\n"
+        "print(r(['a', 'b?', 'c'], [Example('p', 'g')] * 3).scores)\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    got = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": repo})  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == "[0.5, None, 0.5]"
+
+
+def test_a_worker_that_dies_is_reported(tmp_path):
+    path = tmp_path / "dies.py"
+    path.write_text("import os\n\n\ndef f(completions, **kw):\n    os._exit(3)\n")
+    fn = UserReward(f"{path}:f", workers=1)
+    try:
+        with pytest.raises(RewardError, match=r"worker process \d+ died \(exit code 3\)"):
+            fn(["a"], _examples(ROWS[:1]))
+    finally:
+        fn.close()
