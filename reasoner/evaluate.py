@@ -20,8 +20,9 @@ Metrics: math tasks report ``accuracy`` (mean over examples of the fraction of c
 ``extracted`` (fraction of completions with a final answer the checker could find); code tasks report the
 unbiased ``pass@k`` (Chen et al. 2021) for each requested k; tasks scored by any reward (``kind="reward"``, the
 generic ``dataset`` task) report ``mean_reward`` (the mean over examples of their samples' mean score, the
-held-out score of a training run) and ``accuracy`` (samples scoring at least 1). Samples the reward could not score (``None``:
-e.g. the sandbox itself failed after retries) are left out of the counts and reported as ``unscored``.
+held-out score of a training run) and ``accuracy`` (samples scoring at least 1). Samples the reward could not
+score (``None``: e.g. the sandbox itself failed after retries) are left out of the counts and reported as
+``unscored``.
 
 >>> report = EvalReport(task="toy", n=2, metrics={"pass@1": 0.75}, records=[])
 >>> print(report.to_markdown())
@@ -109,7 +110,8 @@ def score_completions(
         out = reward([text for _, text in chunk], [examples[i] for i, _ in chunk], **reward_kwargs)
         if len(out.scores) != len(chunk):
             raise RuntimeError(
-                f"reward {getattr(reward, '__name__', task.reward)!r} returned {len(out.scores)} scores for {len(chunk)} completions"
+                f"reward {getattr(reward, '__name__', task.reward)!r} returned {len(out.scores)} scores for "
+                f"{len(chunk)} completions"
             )
         scores += out.scores
         bar.update(len(chunk))

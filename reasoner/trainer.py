@@ -228,8 +228,8 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.algo.name, dynamic_ncols=True,
                disable=not (progress and world.is_main))  # fmt: skip
     return Run(cfg, world, run_dir, device, tokenizer, policy, model, reference, estimator, task, train_set,
-               eval_shard, len(eval_set), reward_fn, eval_reward, format_fn, render, engine, optimizer, scheduler, log, bar,
-               start_step, start_step if ckpt else None, history, t_start)  # fmt: skip
+               eval_shard, len(eval_set), reward_fn, eval_reward, format_fn, render, engine, optimizer, scheduler,
+               log, bar, start_step, start_step if ckpt else None, history, t_start)  # fmt: skip
 
 
 def collect(run: Run, step: int) -> Collected:
