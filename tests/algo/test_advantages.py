@@ -1,5 +1,6 @@
 import math
 import statistics
+import threading
 
 import pytest
 import torch
@@ -125,3 +126,30 @@ def test_whiten_matches_loop():
 def test_whiten_needs_two_positions():
     with pytest.raises(ValueError, match="at least 2"):
         whiten(torch.ones(1, 3), torch.tensor([[0, 1, 0]]))
+
+
+def test_whiten_of_pieces_with_a_summing_reduce_equals_whiten_of_the_whole_batch():
+    """Two threads stand in for two ranks: each whitens its half, ``reduce`` adds up what both hand it (the
+    shape of ``reasoner.distributed.all_reduce_sum``); together they must give the one-process result."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
+    mask = torch.rand(6, 5, generator=gen) > 0.3
+    meeting, box, out = threading.Barrier(2), [None, None], [None, None]
+
+    def rank(i: int) -> None:
+        def reduce(t):
+            box[i] = t
+            meeting.wait()
+            total = box[0] + box[1]
+            meeting.wait()  # both have read before either writes its next value
+            return total
+
+        out[i] = whiten(x[3 * i : 3 * i + 3], mask[3 * i : 3 * i + 3], reduce=reduce)
+
+    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert torch.allclose(torch.cat(out), whiten(x, mask), atol=1e-12)
+    assert not torch.allclose(out[0], whiten(x[:3], mask[:3]))  # the half alone is whitened differently
