@@ -11,6 +11,7 @@ estimators that learn something (PPO's critic) or need batch-wide statistics ove
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from reasoner.algo import group_advantages, kl_penalty, rloo_advantages, zero_variance_groups
 from reasoner.algo.reinforce import reinforce_pp_advantages, reinforce_pp_baseline_advantages
 from reasoner.batch import RolloutBatch
+from reasoner.distributed import DistInfo, all_reduce_sum
 from reasoner.registry import Registry
 
 
@@ -61,6 +63,8 @@ class GroupEstimator:
     policy_frozen = False
 
     def __init__(self, cfg, policy=None, model_path=None, device=None, world=None):
+        # Batch-wide statistics (REINFORCE++'s whitening) sum over every rank's share of the batch.
+        self._sum = partial(all_reduce_sum, info=world or DistInfo())
         self.group_size, self.scale = cfg.rollout.n, cfg.algo.scale_rewards
         self.drop_zero_variance = cfg.algo.drop_zero_variance or cfg.algo.refill_rounds > 0
         self.beta, self.kl_estimator, self.gamma = cfg.algo.beta, cfg.algo.kl_estimator, cfg.algo.gamma
@@ -132,7 +136,7 @@ class ReinforcePlusPlusEstimator(GroupEstimator):
         if self.kl_in_reward and ref_logp is not None:
             kl = kl_penalty(old_logp, ref_logp, self.kl_estimator)  # [N, T]
         return reinforce_pp_advantages(
-            token_rewards(rewards.to(mask.device), mask, kl, self.beta), mask, self.gamma
+            token_rewards(rewards.to(mask.device), mask, kl, self.beta), mask, self.gamma, self._sum
         )
 
 
@@ -141,7 +145,7 @@ class ReinforcePlusPlusBaselineEstimator(GroupEstimator):
     """REINFORCE++-baseline: the group mean subtracted, then whitened over the batch; KL stays in the loss."""
 
     def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
-        return reinforce_pp_baseline_advantages(rewards, self.group_size, mask)
+        return reinforce_pp_baseline_advantages(rewards, self.group_size, mask, self._sum)
 
 
 def make_estimator(cfg, policy, model_path: str, device, world=None) -> Estimator:

@@ -189,8 +189,8 @@ PPO_ARGS = ["algo.name=ppo", "rollout.n=4", "rollout.max_new_tokens=8", "algo.be
 PPO_STEPS = 2
 
 
-def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False) -> dict:
-    """``PPO_STEPS`` trainer updates of a fresh policy and critic on ``rollouts``; their weights afterwards."""
+def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False, algo: str = "ppo") -> dict:
+    """``PPO_STEPS`` trainer updates of a fresh policy (and critic) on ``rollouts``; their weights afterwards."""
     from reasoner.config import load_config
     from reasoner.estimators import make_estimator
     from reasoner.models import load_policy, load_tokenizer
@@ -199,7 +199,7 @@ def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False) -> d
     from reasoner.trainer import update
 
     cpu = torch.device("cpu")
-    cfg = load_config(None, PPO_ARGS)
+    cfg = load_config(None, PPO_ARGS + [f"algo.name={algo}"])
     tokenizer = load_tokenizer(model_dir)
     policy = load_policy(model_dir, "float32", cpu)
     model = wrap_fsdp(policy, info) if fsdp else wrap_ddp(policy, info)
@@ -209,14 +209,12 @@ def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False) -> d
     scored = torch.ones(len(rollouts), dtype=torch.bool)
     metrics = [update(cfg, model, reference, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id,
                       cpu, info) for _ in range(PPO_STEPS)]  # fmt: skip
-    return {
-        "policy": {n: t.clone() for n, t in named_weights(model)},
-        "critic": {n: t.clone() for n, t in named_weights(estimator.critic)},
-        "critic_ckpt": set(estimator.extra_modules()["critic"].state_dict()),
-        "metrics": metrics,
-        "step": estimator.step,
-        "critic_type": type(estimator.model).__name__,
-    }
+    out = {"policy": {n: t.clone() for n, t in named_weights(model)}, "metrics": metrics}
+    if algo == "ppo":
+        out |= {"critic": {n: t.clone() for n, t in named_weights(estimator.critic)}, "step": estimator.step,
+                "critic_ckpt": set(estimator.extra_modules()["critic"].state_dict()),
+                "critic_type": type(estimator.model).__name__}  # fmt: skip
+    return out
 
 
 def _ppo_rank_main(rank: int, world: int, port: int, model_dir: str, data: str, out_dir: str) -> None:
@@ -230,6 +228,9 @@ def _ppo_rank_main(rank: int, world: int, port: int, model_dir: str, data: str, 
         rollouts, rewards = batch["rollouts"][half], batch["rewards"][half]
         out = {"ddp": _ppo_steps(info, model_dir, rollouts, rewards)}
         out["fsdp"] = _ppo_steps(info, model_dir, rollouts, rewards, fsdp=True)
+        out["reinforce_plus_plus"] = _ppo_steps(
+            info, model_dir, rollouts, rewards, algo="reinforce_plus_plus"
+        )
         torch.save(out, os.path.join(out_dir, f"ppo-rank{rank}.pt"))
     finally:
         destroy(info)
@@ -264,19 +265,16 @@ def test_ppo_on_two_ranks_with_half_the_batch_each_equals_one_process_with_the_w
     for mode in ("ddp", "fsdp"):
         a, b = r0[mode], r1[mode]
         assert a["step"] == b["step"] == single["step"] == PPO_STEPS
-        assert [m["critic_warmup"] for m in a["metrics"]] == [
-            1.0,
-            0.0,
-        ]  # both ranks leave the warm-up together
+        warmup = [m["critic_warmup"] for m in a["metrics"]]
+        assert warmup == [1.0, 0.0], "both ranks leave the warm-up together"
         for part in ("policy", "critic"):
             assert a[part].keys() == single[part].keys()
             for name, want in single[part].items():
                 assert torch.equal(a[part][name], b[part][name]), f"{mode}: ranks disagree on {part} {name}"
                 diff = (a[part][name] - want).abs().max().item()
                 assert diff < 2e-5, f"{mode}: {part} {name} is {diff:.2e} from the one-process update"
-        for step, want in enumerate(
-            single["metrics"]
-        ):  # gradients all-reduced before clipping: the global norms
+        # gradients are all-reduced before clipping: every rank sees the one-process norm
+        for step, want in enumerate(single["metrics"]):
             got = (a["metrics"][step], b["metrics"][step])
             for key in ("grad_norm", "value/grad_norm"):
                 assert got[0][key] == got[1][key] == pytest.approx(want[key], rel=1e-4), (mode, step, key)
@@ -285,6 +283,14 @@ def test_ppo_on_two_ranks_with_half_the_batch_each_equals_one_process_with_the_w
         assert a["critic_ckpt"] == single["critic_ckpt"], "checkpoints hold the plain critic, not the wrapper"
         moved = [n for n, t in a["policy"].items() if not torch.equal(t, start[n])]
         assert moved, "the policy did not move after the warm-up"
+    # REINFORCE++ whitens over the whole batch too: every rank's tokens, not its own
+    single = _ppo_steps(DistInfo(), model_dir, rollouts, rewards, algo="reinforce_plus_plus")
+    a, b = r0["reinforce_plus_plus"]["policy"], r1["reinforce_plus_plus"]["policy"]
+    for name, want in single["policy"].items():
+        assert torch.equal(a[name], b[name]), f"reinforce_plus_plus: ranks disagree on {name}"
+        assert (a[name] - want).abs().max().item() < 2e-5, (
+            f"reinforce_plus_plus: {name} differs from one process"
+        )
 
 
 def _distinct_chars(completions, examples, **kwargs):

@@ -1,11 +1,11 @@
 import math
 import statistics
-import threading
 
 import pytest
 import torch
 
 from reasoner.algo import group_advantages, whiten, zero_variance_groups
+from tests.algo.two_ranks import run_on_two_ranks
 
 # Two prompts, G=4, prompt-major.
 # group 0: [1, 0, 0, 0]  mean 0.25, centred [0.75, -0.25, -0.25, -0.25]
@@ -129,27 +129,11 @@ def test_whiten_needs_two_positions():
 
 
 def test_whiten_of_pieces_with_a_summing_reduce_equals_whiten_of_the_whole_batch():
-    """Two threads stand in for two ranks: each whitens its half, ``reduce`` adds up what both hand it (the
-    shape of ``reasoner.distributed.all_reduce_sum``); together they must give the one-process result."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
     mask = torch.rand(6, 5, generator=gen) > 0.3
-    meeting, box, out = threading.Barrier(2), [None, None], [None, None]
-
-    def rank(i: int) -> None:
-        def reduce(t):
-            box[i] = t
-            meeting.wait()
-            total = box[0] + box[1]
-            meeting.wait()  # both have read before either writes its next value
-            return total
-
-        out[i] = whiten(x[3 * i : 3 * i + 3], mask[3 * i : 3 * i + 3], reduce=reduce)
-
-    threads = [threading.Thread(target=rank, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
+    out = run_on_two_ranks(
+        lambda i, reduce: whiten(x[3 * i : 3 * i + 3], mask[3 * i : 3 * i + 3], reduce=reduce)
+    )
     assert torch.allclose(torch.cat(out), whiten(x, mask), atol=1e-12)
     assert not torch.allclose(out[0], whiten(x[:3], mask[:3]))  # the half alone is whitened differently
