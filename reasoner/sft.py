@@ -101,7 +101,7 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
         if sc.eval_every and (done % sc.eval_every == 0 or last):
             evaluation = {"eval/loss": held_out_loss(model, held_out, tokenizer.pad_token_id, sc.batch_size)}
             metrics |= evaluation
-        if step % 20 == 0 or last or metrics:
+        if done % 20 == 0 or done == 1 or last or metrics:
             metrics = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0]} | metrics
             log.log(done, metrics)
             bar.set_postfix({k.replace("/", "_"): f"{v:.3f}" for k, v in metrics.items() if k != "lr"})
