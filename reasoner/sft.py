@@ -60,6 +60,11 @@ def collate(
 def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = True) -> Path:
     """Fine-tune ``model_path`` on the task's reference solutions; save to ``out_dir`` and return it."""
     out = Path(out_dir)
+    if cfg.sft.eval_every < 0 or (cfg.sft.eval_every and cfg.sft.eval_size < 1):
+        raise ConfigError(
+            f"sft.eval_every must be >= 0 (0 = no held-out loss) and sft.eval_size >= 1 when it is on; got "
+            f"sft.eval_every={cfg.sft.eval_every}, sft.eval_size={cfg.sft.eval_size}"
+        )
     task = get_task(cfg.task.name)
     examples = task.load(cfg.task.train, cfg.task.train_split, cfg.task.train_size, cfg.train.seed)
     key = _cache_key(cfg, model_path, examples)
