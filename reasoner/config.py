@@ -163,7 +163,11 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     output_dir: str = "runs/sft"
-    eval_every: int = 0  # 0 = only at the end
+    # held-out loss (the training loss, on the solutions of the first eval_size test examples) every N steps and
+    # after the last, logged to <output_dir>/metrics.jsonl and the progress bar; 0 = off. It never changes the
+    # trained model, so neither field is part of the warm start's cache key.
+    eval_every: int = 0
+    eval_size: int = 64
 
 
 @dataclass

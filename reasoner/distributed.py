@@ -5,7 +5,9 @@ One process per GPU (or, on CPU, per core group with the gloo backend). Every ra
 - generation is per rank: each rank renders its own ``shard`` of the step's prompts and generates with its
   own engine (HF: the local policy module; vLLM: one engine per rank, see ``reasoner/rollout/vllm.py``);
 - the update is data-parallel: the policy is wrapped in DDP (``wrap_ddp``), whose backward averages the
-  gradients over ranks, so identical optimizers keep identical parameters on every rank;
+  gradients over ranks, so identical optimizers keep identical parameters on every rank; PPO's critic is
+  wrapped the same way (``reasoner/ppo.py``), and batch-wide statistics such as its advantage whitening are
+  summed over ranks (``all_reduce_sum``), so 2 ranks with B samples each take the step 1 rank takes with 2B;
 - metrics are averaged over ranks (``all_reduce_mean``); rank 0 alone writes logs, checkpoints and results.
 
 Two rules keep DDP from hanging: every rank gets the same number of prompts (``shard`` checks it), and every
@@ -143,12 +145,20 @@ def wrap_fsdp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
         return model
     from torch.distributed.fsdp import fully_shard
 
-    for layer in getattr(
-        getattr(model, "model", None), "layers", []
-    ):  # Hugging Face *ForCausalLM decoder layers
+    for layer in _decoder_layers(model):
         fully_shard(layer)
     fully_shard(model)
     return model
+
+
+def _decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
+    """The decoder layers of a Hugging Face ``*ForCausalLM`` (``model.layers``), of a bare ``AutoModel``
+    (``layers``) or of a module holding one as ``backbone`` (PPO's critic); empty when there are none."""
+    for inner in (getattr(model, "model", None), getattr(model, "backbone", None), model):
+        layers = getattr(inner, "layers", None)
+        if isinstance(layers, torch.nn.ModuleList):
+            return layers
+    return []
 
 
 def shard(items: Sequence[T], rank: int, world_size: int, *, even: bool = True) -> list[T]:
@@ -202,6 +212,19 @@ def all_reduce_mean(
     if total == 0 and any(k not in sums for k in keys):
         raise ValueError("all_reduce_mean: the weights sum to 0 over all ranks")
     return {k: values[i].item() / (1.0 if k in sums else total) for i, k in enumerate(keys)}
+
+
+def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``tensor`` summed over ranks (a new tensor; ``tensor`` itself is left alone). One collective; every
+    rank must call it with the same shape. A single process gets a copy back.
+
+    >>> all_reduce_sum(torch.tensor([1.0, 2.0]), DistInfo()).tolist()
+    [1.0, 2.0]
+    """
+    out = tensor.detach().clone()
+    if info.enabled:
+        torch.distributed.all_reduce(out)  # SUM
+    return out
 
 
 def broadcast_object(obj: T, info: DistInfo, src: int = 0) -> T:

@@ -3,10 +3,15 @@
 ``grpo`` normalises each prompt's rewards within its group (no critic); ``rloo`` uses a leave-one-out mean;
 ``reinforce_plus_plus`` (KL in the reward) and ``reinforce_plus_plus_baseline`` normalise over the whole batch
 (reasoner/algo/reinforce.py). ``ppo`` (reasoner/ppo.py) learns a critic and uses GAE. Both plug into the same trainer loop through this small interface.
+
+Every estimator is built as ``cls(cfg, policy, model_path, device, world=...)``: ``world``
+(``reasoner.distributed.DistInfo``) says which rank of how many this process is under ``torchrun``, for
+estimators that learn something (PPO's critic) or need batch-wide statistics over every rank's samples.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -14,6 +19,7 @@ import torch
 from reasoner.algo import group_advantages, kl_penalty, rloo_advantages, zero_variance_groups
 from reasoner.algo.reinforce import reinforce_pp_advantages, reinforce_pp_baseline_advantages
 from reasoner.batch import RolloutBatch
+from reasoner.distributed import DistInfo, all_reduce_sum
 from reasoner.registry import Registry
 
 
@@ -56,7 +62,9 @@ class GroupEstimator:
     kl_in_reward = False
     policy_frozen = False
 
-    def __init__(self, cfg, policy=None, model_path=None, device=None):
+    def __init__(self, cfg, policy=None, model_path=None, device=None, world=None):
+        # Batch-wide statistics (REINFORCE++'s whitening) sum over every rank's share of the batch.
+        self._sum = partial(all_reduce_sum, info=world or DistInfo())
         self.group_size, self.scale = cfg.rollout.n, cfg.algo.scale_rewards
         self.drop_zero_variance = cfg.algo.drop_zero_variance or cfg.algo.refill_rounds > 0
         self.beta, self.kl_estimator, self.gamma = cfg.algo.beta, cfg.algo.kl_estimator, cfg.algo.gamma
@@ -117,8 +125,8 @@ class ReinforcePlusPlusEstimator(GroupEstimator):
 
     kl_in_reward = True
 
-    def __init__(self, cfg, policy=None, model_path=None, device=None):
-        super().__init__(cfg, policy, model_path, device)
+    def __init__(self, cfg, policy=None, model_path=None, device=None, world=None):
+        super().__init__(cfg, policy, model_path, device, world)
         self.kl_in_reward = cfg.algo.beta > 0  # beta = 0: no reference model, nothing to put in the reward
 
     def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
@@ -128,7 +136,7 @@ class ReinforcePlusPlusEstimator(GroupEstimator):
         if self.kl_in_reward and ref_logp is not None:
             kl = kl_penalty(old_logp, ref_logp, self.kl_estimator)  # [N, T]
         return reinforce_pp_advantages(
-            token_rewards(rewards.to(mask.device), mask, kl, self.beta), mask, self.gamma
+            token_rewards(rewards.to(mask.device), mask, kl, self.beta), mask, self.gamma, self._sum
         )
 
 
@@ -137,10 +145,11 @@ class ReinforcePlusPlusBaselineEstimator(GroupEstimator):
     """REINFORCE++-baseline: the group mean subtracted, then whitened over the batch; KL stays in the loss."""
 
     def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
-        return reinforce_pp_baseline_advantages(rewards, self.group_size, mask)
+        return reinforce_pp_baseline_advantages(rewards, self.group_size, mask, self._sum)
 
 
-def make_estimator(cfg, policy, model_path: str, device) -> Estimator:
+def make_estimator(cfg, policy, model_path: str, device, world=None) -> Estimator:
+    """The estimator ``algo.name`` names; ``world`` (a ``DistInfo``) when running on several ranks."""
     if cfg.algo.name not in ESTIMATORS:
         import reasoner.ppo  # noqa: F401  (registers "ppo")
-    return ESTIMATORS.get(cfg.algo.name)(cfg, policy, model_path, device)
+    return ESTIMATORS.get(cfg.algo.name)(cfg, policy, model_path, device, world=world)

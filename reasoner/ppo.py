@@ -18,15 +18,27 @@ into per-token advantages and trains the critic:
   empty keep mask, so the policy takes no gradient at all (not even from a KL term) while the critic learns
   from the frozen policy's samples; metrics carry ``critic_warmup = 1``. ``policy_frozen`` tells the trainer
   to skip the policy's optimizer step too (weight decay and momentum would move it).
+- **Several ranks** (``torchrun``, ``world``): the value loss runs through the critic wrapped in DDP (FSDP2 when
+  the policy is FSDP2-sharded), so its gradients are averaged over ranks; ``self.critic`` stays the plain module
+  for values and checkpoints. The whitening statistics and the value loss's token count are summed over ranks,
+  so one update on 2 ranks with B samples each equals one update on 1 rank with all 2B (to float rounding;
+  ``tests/test_distributed.py``). The warm-up counter advances once per update on every rank and is restored
+  from the same checkpoint, so the ranks leave the warm-up together. Every rank runs every micro-batch's
+  backward, even one with no real token (a zero loss), or DDP would wait for it forever.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from functools import partial
+
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from reasoner.algo import gae, kl_penalty, value_loss, whiten
 from reasoner.batch import RolloutBatch, autocast
+from reasoner.distributed import DistInfo, all_reduce_sum, wrap_ddp, wrap_fsdp
 from reasoner.estimators import ESTIMATORS
 
 
@@ -118,17 +130,27 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 class PPOEstimator:
     """The ``Estimator`` for ``algo.name=ppo``; see the module docstring."""
 
-    def __init__(self, cfg, policy=None, model_path: str | None = None, device=None):
+    def __init__(
+        self, cfg, policy=None, model_path: str | None = None, device=None, world: DistInfo | None = None
+    ):
         ac = cfg.algo
         path = ac.critic_model or model_path
         if path is None:
             raise ValueError("PPO needs a critic: set algo.critic_model, or pass the policy's model_path")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.world = world or DistInfo()
         self.critic = Critic.from_pretrained(path, self.device, cfg.model.attn_implementation)
         if cfg.model.gradient_checkpointing:
             self.critic.backbone.gradient_checkpointing_enable()
         if policy is not None:
             _check_vocab(self.critic, policy, path)
+        # The value loss goes through `model` (gradients averaged over ranks); values and checkpoints use
+        # `critic`. FSDP2 shards `critic` in place (it is `model`), DDP wraps it; one process: the same object.
+        if _is_fsdp(policy):
+            self.model = wrap_fsdp(self.critic, self.world)
+        else:
+            self.model = wrap_ddp(self.critic, self.world)
+        self._sum = partial(all_reduce_sum, info=self.world)  # a batch-wide sum over every rank's share
         self.optimizer = torch.optim.AdamW(
             self.critic.parameters(),
             lr=ac.critic_lr,
@@ -183,8 +205,8 @@ class PPOEstimator:
         if self.step < self.warmup:
             # Policy frozen: no advantage and no token in its loss; update() still trains the critic on `mask`.
             return torch.zeros_like(adv), metrics, torch.zeros_like(keep)
-        if self.whiten and m.sum() >= 2:
-            adv = whiten(adv, mask)
+        if self.whiten and self._sum(m.sum()) >= 2:  # the global count: every rank takes the same branch
+            adv = whiten(adv, mask, reduce=self._sum)  # mean and variance over every rank's tokens
         return adv, metrics, keep
 
     def update(self, batch: RolloutBatch, mask: torch.Tensor) -> dict:
@@ -200,19 +222,24 @@ class PPOEstimator:
         _, old_values, returns, critic_mask = self._targets
         self._targets = None
         n, mb = len(batch), self.micro_batch
-        tokens = critic_mask.sum().clamp(min=1)
+        # Micro-batch token-means weighted by their share of every rank's tokens add up to the token-mean of
+        # the whole (global) batch; DDP divides the summed gradients by the number of ranks, so multiply back.
+        tokens = self._sum(critic_mask.sum()).clamp(min=1)
+        ranks = self.world.world_size if self.world.enabled else 1
         stats = {"value/loss": 0.0, "value/clip_frac": 0.0, "value/grad_norm": 0.0}
         self.critic.train()
         for _ in range(self.epochs):
             for i in range(0, n, mb):
                 sl = slice(i, i + mb)
                 m = critic_mask[sl]
-                if m.sum() == 0:
+                if m.sum() == 0 and not self.world.enabled:  # several ranks: every rank runs every backward
                     continue
-                values = self.critic(batch.select(sl))  # [mb, T]
-                loss, clip_frac = value_loss(values, old_values[sl], returns[sl], m, self.value_clip)
-                share = (m.sum() / tokens).item()  # micro-batch token-means add up to the batch token-mean
-                (self.vf_coef * loss * share).backward()
+                last = i + mb >= n  # under DDP, all-reduce the gradients once per optimizer step
+                with nullcontext() if last or not isinstance(self.model, DDP) else self.model.no_sync():
+                    values = self.model(batch.select(sl))  # [mb, T]
+                    loss, clip_frac = value_loss(values, old_values[sl], returns[sl], m, self.value_clip)
+                    share = (m.sum() * ranks / tokens).item()
+                    (self.vf_coef * loss * share).backward()
                 stats["value/loss"] += loss.item() * share / self.epochs
                 stats["value/clip_frac"] += clip_frac.item() * share / self.epochs
             grad_norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.max_grad_norm)
@@ -231,6 +258,14 @@ class PPOEstimator:
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _is_fsdp(module: nn.Module | None) -> bool:
+    if module is None or not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> float:

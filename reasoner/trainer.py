@@ -57,8 +57,10 @@ from reasoner.checkpoint import (
 )
 from reasoner.config import Config, ConfigError, to_dict
 from reasoner.distributed import (
+    DistInfo,
     NullLogger,
     all_reduce_mean,
+    all_reduce_sum,
     barrier,
     broadcast_object,
     destroy,
@@ -199,7 +201,7 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
             .eval()
             .requires_grad_(False)
         )
-    estimator = make_estimator(cfg, policy, model_path, device)
+    estimator = make_estimator(cfg, policy, model_path, device, world)  # PPO: its critic under DDP too
 
     eval_shard = shard(eval_set, world.rank, world.world_size, even=False)
     reward_fn = build_reward(cfg, task.reward, device)  # the task's reward, or task.rewards weighted
@@ -318,7 +320,7 @@ def optimize(run: Run, batch: Collected) -> dict:
     t0 = time.time()
     frozen = run.estimator.policy_frozen  # PPO's critic warm-up: the policy's schedule waits too
     metrics = update(run.cfg, run.model, run.reference, run.estimator, run.optimizer, batch.rollouts, batch.rewards,
-                     batch.scored, run.tokenizer.pad_token_id, run.device)  # fmt: skip
+                     batch.scored, run.tokenizer.pad_token_id, run.device, run.world)  # fmt: skip
     if not frozen:
         run.scheduler.step()
     run.engine.sync_weights(run.policy)
@@ -435,8 +437,14 @@ def _any_rank(flag: bool, world) -> bool:
     return all_reduce_mean({"flag": float(flag)}, world)["flag"] > 0
 
 
-def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, pad_id, device) -> dict:
-    """Compute advantages and take ``algo.inner_epochs`` policy-gradient steps on one batch of rollouts."""
+def update(
+    cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, pad_id, device, world=None
+) -> dict:
+    """Compute advantages and take ``algo.inner_epochs`` policy-gradient steps on one batch of rollouts.
+
+    Under torchrun pass ``world`` (``DistInfo``) with this rank's share of the batch and ``policy`` in DDP:
+    ``algo.loss_agg=token-mean`` then divides by the token count of every rank's share, not this rank's.
+    """
     ac = cfg.algo
     batch = make_batch(rollouts, pad_id, device)
     keep = scored.clone()  # [N] samples that take part in the loss
@@ -458,7 +466,7 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
     # PPO's critic warm-up: no forward, backward or optimizer step (AdamW would move the weights anyway).
     for _ in range(0 if estimator.policy_frozen else ac.inner_epochs):
         accumulate_gradients(cfg, policy, batch, mask, advantages, old_logp, ref_logp if kl_in_loss else None,
-                             engine_logp, trainer_logp, stats)  # fmt: skip
+                             engine_logp, trainer_logp, stats, world)  # fmt: skip
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
         stats["grad_norm"] += grad_norm.item() / ac.inner_epochs
         optimizer.step()
@@ -477,35 +485,34 @@ def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scor
 
 
 def accumulate_gradients(cfg, policy, batch, mask, advantages, old_logp, ref_logp, engine_logp, trainer_logp,
-                         stats) -> None:  # fmt: skip
+                         stats, world=None) -> None:  # fmt: skip
     """One pass over the batch in micro-batches: the policy loss (``algo.loss``) plus ``beta * KL`` when
     ``ref_logp`` is given, aggregated (``algo.loss_agg``) and weighted so the gradients add up to the batch's."""
     ac = cfg.algo
     n, mb = len(batch), cfg.train.micro_batch_size
     policy_loss = POLICY_LOSSES.get(ac.loss)
-    weight_of = _micro_weights(mask, mb, ac.loss_agg)
+    weight_of = _micro_weights(mask, mb, ac.loss_agg, world or DistInfo())
     for i in range(0, n, mb):
         sl = slice(i, i + mb)
         micro, m = batch.select(sl), mask[sl]
-        logp, entropy = sequence_logprobs(
-            policy, micro, cfg.rollout.temperature, with_entropy=True
-        )  # [mb, T]
-        old = logp.detach() if old_logp is None else old_logp[sl]
-        pg, clipped = policy_loss(logp, old, advantages[sl], m, ac.clip_low, ac.clip_high)  # [mb, T]
-        if engine_logp is not None:
-            trainer_logp[sl] = old
-            if (
-                cfg.rollout.use_engine_logprobs
-            ):  # truncated importance sampling: sampled by the engine, not by us
-                pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
-        loss = pg
-        if ref_logp is not None:
-            kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
-            loss = loss + ac.beta * kl
-            stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
-        total = aggregate(loss, m, ac.loss_agg, norm_length=cfg.rollout.max_new_tokens) * weight_of(sl)
         last = i + mb >= n  # under DDP, all-reduce the gradients once per optimizer step
+        # no_sync must hold the forward too: DDP decides in the forward whether the backward all-reduces.
         with nullcontext() if last or not isinstance(policy, DDP) else policy.no_sync():
+            logp, entropy = sequence_logprobs(
+                policy, micro, cfg.rollout.temperature, with_entropy=True
+            )  # [mb, T]
+            old = logp.detach() if old_logp is None else old_logp[sl]
+            pg, clipped = policy_loss(logp, old, advantages[sl], m, ac.clip_low, ac.clip_high)  # [mb, T]
+            if engine_logp is not None:
+                trainer_logp[sl] = old
+                if cfg.rollout.use_engine_logprobs:  # truncated importance sampling: the engine sampled
+                    pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
+            loss = pg
+            if ref_logp is not None:
+                kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
+                loss = loss + ac.beta * kl
+                stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
+            total = aggregate(loss, m, ac.loss_agg, norm_length=cfg.rollout.max_new_tokens) * weight_of(sl)
             total.backward()  # on every rank even when m is empty: DDP ranks must run the same backwards
         stats["loss"] += total.item() / ac.inner_epochs
         stats["clip_frac"] += _masked_mean(clipped.float(), m) / ac.inner_epochs * _frac(m, mask)
@@ -613,14 +620,19 @@ def prompt_renderer(tokenizer, cfg: Config):
     return render
 
 
-def _micro_weights(mask: torch.Tensor, mb: int, mode: str):
-    """Weights that make the sum of per-micro-batch aggregates equal the aggregate over the whole batch."""
+def _micro_weights(mask: torch.Tensor, mb: int, mode: str, world):
+    """Weights that make the sum of per-micro-batch aggregates equal the aggregate over the whole batch.
+
+    Several ranks: DDP averages the ranks' gradients, so the per-sequence modes (equal shares of sequences) need
+    nothing more; ``token-mean`` divides by every rank's tokens and multiplies back the number of ranks.
+    """
     n = mask.shape[0]
-    total_tokens = mask.sum().clamp(min=1)
+    ranks = world.world_size if world.enabled else 1
+    total_tokens = all_reduce_sum(mask.sum(), world).clamp(min=1) if mode == "token-mean" else None
 
     def weight(sl: slice) -> float:
         if mode == "token-mean":
-            return (mask[sl].sum() / total_tokens).item()
+            return (mask[sl].sum() * ranks / total_tokens).item()
         return len(range(n)[sl]) / n
 
     return weight

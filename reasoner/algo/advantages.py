@@ -99,24 +99,34 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
     return adv.reshape(-1)  # [B*G]
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(
+    x: Tensor,
+    mask: Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     """Masked whitening (PPO advantages): ``(x - mean) / sqrt(var + eps)`` over positions where mask is set.
 
     Mean and (unbiased) variance come from the masked positions only; masked-out positions come back 0.
     ``shift_mean=False`` rescales but keeps the mean (adds it back). Needs at least 2 masked positions.
+    ``reduce`` sums a tensor over the pieces of a batch split across processes
+    (``reasoner.distributed.all_reduce_sum``): the count, sum and squared deviations then come from the
+    whole batch, so each piece is whitened exactly as it would be in one process. None = this batch alone.
 
     >>> whiten(torch.tensor([[1.0, 3.0, 99.0]]), torch.tensor([[1, 1, 0]])).tolist()  # mean 2, var 2
     [[-0.7071067690849304, 0.7071067690849304, 0.0]]
     """
     if x.shape != mask.shape:
         raise ValueError(f"x {tuple(x.shape)} and mask {tuple(mask.shape)} must have the same shape")
+    reduce = reduce or (lambda t: t)
     m = mask.bool()  # same shape as x
-    n = m.sum()
+    zero = torch.zeros_like(x)
+    n, total = reduce(torch.stack([m.sum().to(x.dtype), torch.where(m, x, zero).sum()]))  # [], []
     if int(n) < 2:
         raise ValueError(f"whiten needs at least 2 unmasked positions for a variance, got {int(n)}")
-    zero = torch.zeros_like(x)
-    mean = torch.where(m, x, zero).sum() / n  # []
-    var = torch.where(m, (x - mean) ** 2, zero).sum() / (n - 1)  # [] unbiased
+    mean = total / n  # []
+    var = reduce(torch.where(m, (x - mean) ** 2, zero).sum()) / (n - 1)  # [] unbiased
     out = (x - mean) * torch.rsqrt(var + eps)  # same shape as x
     if not shift_mean:
         out = out + mean

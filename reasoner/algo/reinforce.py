@@ -16,10 +16,14 @@ Shapes: N sequences (prompt-major groups of G), T completion tokens, ``mask`` [N
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from reasoner.algo.advantages import _as_groups, whiten
+
+Reduce = Callable[[Tensor], Tensor]  # sums a tensor over the ranks that share a batch (see ``whiten``)
 
 
 def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
@@ -38,25 +42,31 @@ def discounted_returns(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) 
     return out
 
 
-def _whiten_or_centre(x: Tensor, mask: Tensor) -> Tensor:
-    if int(mask.bool().sum()) < 2:  # one real token: nothing to normalise against
+def _whiten_or_centre(x: Tensor, mask: Tensor, reduce: Reduce | None) -> Tensor:
+    count = mask.bool().sum()
+    if int(reduce(count) if reduce else count) < 2:  # one real token: nothing to normalise against
         return torch.zeros_like(x)
-    return whiten(x, mask)
+    return whiten(x, mask, reduce=reduce)
 
 
-def reinforce_pp_advantages(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
-    """REINFORCE++: returns-to-go of the per-token rewards [N, T], whitened over the batch's real tokens.
+def reinforce_pp_advantages(
+    token_rewards: Tensor, mask: Tensor, gamma: float = 1.0, reduce: Reduce | None = None
+) -> Tensor:
+    """REINFORCE++: returns-to-go of the per-token rewards [N, T], whitened over the batch's real tokens
+    (every rank's, with ``reduce``: see ``whiten``).
 
     >>> r = torch.tensor([[0.0, 1.0], [0.0, 0.0]])     # rewards on the last token: 1 and 0
     >>> [round(v, 4) for v in reinforce_pp_advantages(r, torch.ones(2, 2)).flatten().tolist()]
     [0.866, 0.866, -0.866, -0.866]
     """
-    return _whiten_or_centre(discounted_returns(token_rewards, mask, gamma), mask)
+    return _whiten_or_centre(discounted_returns(token_rewards, mask, gamma), mask, reduce)
 
 
-def reinforce_pp_baseline_advantages(rewards: Tensor, group_size: int, mask: Tensor) -> Tensor:
+def reinforce_pp_baseline_advantages(
+    rewards: Tensor, group_size: int, mask: Tensor, reduce: Reduce | None = None
+) -> Tensor:
     """REINFORCE++-baseline: ``r - mean_group`` per sample [N], broadcast over tokens and whitened over the
-    batch's real tokens -> [N, T].
+    batch's real tokens (every rank's, with ``reduce``) -> [N, T].
 
     >>> rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])   # two prompts, G = 2: centred 0.5, -0.5, 0, 0
     >>> adv = reinforce_pp_baseline_advantages(rewards, 2, torch.ones(4, 1))
@@ -67,4 +77,4 @@ def reinforce_pp_baseline_advantages(rewards: Tensor, group_size: int, mask: Ten
     centred = (groups - groups.mean(dim=1, keepdim=True)).reshape(-1)  # [N]
     if mask.dim() != 2 or mask.shape[0] != centred.shape[0]:
         raise ValueError(f"mask must be [N, T] with N = {centred.shape[0]}, got {tuple(mask.shape)}")
-    return _whiten_or_centre(centred[:, None].expand(mask.shape).to(mask.device), mask)
+    return _whiten_or_centre(centred[:, None].expand(mask.shape).to(mask.device), mask, reduce)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from reasoner.algo import group_advantages, whiten, zero_variance_groups
+from tests.algo.two_ranks import run_on_two_ranks
 
 # Two prompts, G=4, prompt-major.
 # group 0: [1, 0, 0, 0]  mean 0.25, centred [0.75, -0.25, -0.25, -0.25]
@@ -125,3 +126,14 @@ def test_whiten_matches_loop():
 def test_whiten_needs_two_positions():
     with pytest.raises(ValueError, match="at least 2"):
         whiten(torch.ones(1, 3), torch.tensor([[0, 1, 0]]))
+
+
+def test_whiten_of_pieces_with_a_summing_reduce_equals_whiten_of_the_whole_batch():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 5, generator=gen, dtype=torch.float64) * 2 + 0.5
+    mask = torch.rand(6, 5, generator=gen) > 0.3
+    out = run_on_two_ranks(
+        lambda i, reduce: whiten(x[3 * i : 3 * i + 3], mask[3 * i : 3 * i + 3], reduce=reduce)
+    )
+    assert torch.allclose(torch.cat(out), whiten(x, mask), atol=1e-12)
+    assert not torch.allclose(out[0], whiten(x[:3], mask[:3]))  # the half alone is whitened differently

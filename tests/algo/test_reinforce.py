@@ -14,6 +14,7 @@ from reasoner.algo import (
     rloo_advantages,
     varying_groups,
 )
+from tests.algo.two_ranks import run_on_two_ranks
 
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 4.0, 6.0, 8.0])  # two prompts, G = 4
 
@@ -65,6 +66,26 @@ def test_reinforce_pp_baseline_centres_per_group_then_whitens_over_tokens():
     mean, std = statistics.mean(tokens), statistics.stdev(tokens)
     adv = reinforce_pp_baseline_advantages(rewards, 2, mask)
     assert adv[mask.bool()].tolist() == pytest.approx([(x - mean) / std for x in tokens], rel=1e-5)
+
+
+def test_reinforce_pp_whitening_over_two_ranks_equals_one_process_with_the_whole_batch():
+    gen = torch.Generator().manual_seed(3)
+    token_r, mask = torch.randn(8, 5, generator=gen), (torch.rand(8, 5, generator=gen) > 0.2).float()
+    half = [slice(0, 4), slice(4, 8)]
+    out = run_on_two_ranks(
+        lambda i, reduce: reinforce_pp_advantages(token_r[half[i]], mask[half[i]], 0.9, reduce)
+    )
+    assert torch.allclose(torch.cat(out), reinforce_pp_advantages(token_r, mask, 0.9), atol=1e-6)
+    out = run_on_two_ranks(
+        lambda i, reduce: reinforce_pp_baseline_advantages(REWARDS[half[i]], 4, mask[half[i]], reduce)
+    )
+    assert torch.allclose(torch.cat(out), reinforce_pp_baseline_advantages(REWARDS, 4, mask), atol=1e-6)
+    # one real token on each rank: two in all, so both ranks whiten (alone each would return zeros)
+    one = torch.tensor([[1.0, 0.0]])
+    out = run_on_two_ranks(
+        lambda i, reduce: reinforce_pp_advantages(torch.full((1, 2), float(i)), one, 1.0, reduce)
+    )
+    assert [o[0, 0].item() for o in out] == pytest.approx([-0.7071, 0.7071], abs=1e-4)
 
 
 def test_reinforce_pp_with_one_real_token_is_zero_not_nan():
