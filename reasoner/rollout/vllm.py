@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from reasoner.lora import materialize
 from reasoner.rollout.base import Rollout, SamplingParams
 from reasoner.rollout.weights import SyncLedger, bucket_nbytes, named_weights, pack_bucket, plan_buckets
 
@@ -295,10 +296,15 @@ class VLLMEngine:
         self.llm.wake_up(tags=tags)
         self._asleep -= set(tags)
 
+    def _plan(self, named: list[tuple[str, torch.Tensor]]):
+        return plan_buckets([(n, self.engine_dtype, t.shape) for n, t in named], self.bucket_bytes)
+
     def _buckets(self, named: list[tuple[str, torch.Tensor]]):
+        """Each bucket's slots and tensors, one bucket at a time: a LoRA policy's merged weights
+        (``reasoner.lora.MergedWeight``) are computed here, so a push holds one bucket of them at most."""
         tensors = dict(named)
-        for bucket in plan_buckets([(n, self.engine_dtype, t.shape) for n, t in named], self.bucket_bytes):
-            yield bucket, [tensors[s.name] for s in bucket]
+        for bucket in self._plan(named):
+            yield bucket, [materialize(tensors[s.name]) for s in bucket]
 
     def _push_tensors(self, named: list[tuple[str, torch.Tensor]]) -> int:
         nbytes = 0
@@ -336,14 +342,13 @@ class VLLMEngine:
     def _push_ipc(self, named: list[tuple[str, torch.Tensor]]) -> int:
         from torch.multiprocessing.reductions import reduce_tensor
 
-        buckets = list(self._buckets(named))
-        size = max((bucket_nbytes(b) for b, _ in buckets), default=0)
+        size = max((bucket_nbytes(b) for b in self._plan(named)), default=0)
         buffer = torch.empty(
             size, dtype=torch.uint8, device=torch.device("cuda", torch.cuda.current_device())
         )
         handle = pickle.dumps(reduce_tensor(buffer))
         nbytes = 0
-        for bucket, tensors in buckets:
+        for bucket, tensors in self._buckets(named):
             pack_bucket(bucket, tensors, buffer)
             torch.cuda.synchronize()  # the bytes must be in place before another process reads them
             loaded = self.llm.collective_rpc(
