@@ -103,6 +103,25 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def check_resume(lora: LoraSettings, saved: str | Path) -> None:
+    """A checkpoint's model must be what this run's ``model.lora`` settings make: an adapter of the same rank
+    with LoRA on, a whole model with it off. Fails naming the setting to change."""
+    if not is_adapter_dir(saved):
+        if enabled(lora):
+            raise ConfigError(f"{saved} holds a whole model (a run without LoRA), but model.lora.r={lora.r}: "
+                              "resume with model.lora.r=0, or start a new run in another train.output_dir")  # fmt: skip
+        return
+    import json
+
+    r = json.loads((Path(saved) / "adapter_config.json").read_text()).get("r")
+    if not enabled(lora):
+        raise ConfigError(f"{saved} holds a LoRA adapter (r={r}), but model.lora.r=0: resume with the run's "
+                          f"model.lora settings (model.lora.r={r} ...)")  # fmt: skip
+    if r != lora.r:
+        raise ConfigError(f"{saved} holds a LoRA adapter of rank {r}, but model.lora.r={lora.r}: resume with "
+                          f"model.lora.r={r}")  # fmt: skip
+
+
 class AdaptersOff:
     """The KL reference of a LoRA policy: the policy's base model, i.e. its forward with the adapters disabled.
 

@@ -35,7 +35,7 @@ from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy
 from reasoner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_json_atomic
 from reasoner.config import Config, RMConfig, to_dict
 from reasoner.data import DataError, load_records
-from reasoner.lora import ADAPTER_DIR, add_lora, enabled, load_adapter, save_merged
+from reasoner.lora import ADAPTER_DIR, add_lora, check_resume, enabled, load_adapter, save_merged
 from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
@@ -175,6 +175,8 @@ def train_reward_model(
     device = default_device()
     ckpt = latest_checkpoint(run) if rc.resume else None
     lora = enabled(cfg.model.lora)  # LoRA: a frozen base with adapters; the score head trains in full
+    if ckpt:
+        check_resume(cfg.model.lora, ckpt / "policy")
     model, tokenizer = load_rm(model_path if lora or not ckpt else str(ckpt / "policy"), device)
     if lora:  # a LoRA checkpoint holds the adapter (and the head): it goes back onto model_path
         model = load_adapter(model, ckpt / "policy") if ckpt else add_lora(model, cfg.model.lora, "SEQ_CLS")

@@ -184,11 +184,8 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         model_path = broadcast_object(model_path, world)
     ckpt = latest_checkpoint(run_dir) if cfg.train.resume else None
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
-    lora = enabled(cfg.model.lora)  # a LoRA checkpoint holds the adapter: it goes back onto model_path
-    saved = str(ckpt / "policy") if ckpt else None
-    policy = load_trainable_policy(
-        cfg, model_path if lora or not ckpt else saved, device, saved if lora else None
-    )
+    policy = load_trainable_policy(cfg, model_path, device, str(ckpt / "policy") if ckpt else None)
+    lora = enabled(cfg.model.lora)
     model = wrap_ddp(policy, world)  # the update goes through DDP; generation and checkpoints use `policy`
     reference, reference_path = None, cfg.model.reference or model_path
     if cfg.algo.beta > 0 and lora and cfg.model.reference is None:

@@ -55,6 +55,23 @@ def test_bad_lora_settings_fail_naming_the_key(settings, message):
         check_lora(settings)
 
 
+def test_resuming_with_other_lora_settings_than_the_checkpoint_fails_naming_them(tmp_path):
+    from reasoner.lora import check_resume
+
+    whole, adapter = tmp_path / "whole", tmp_path / "adapter"
+    whole.mkdir()
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    check_resume(LoraSettings(r=0), whole)
+    check_resume(LoraSettings(r=8), adapter)
+    with pytest.raises(ConfigError, match="holds a whole model .* resume with model.lora.r=0"):
+        check_resume(LoraSettings(r=8), whole)
+    with pytest.raises(ConfigError, match=r"holds a LoRA adapter \(r=8\), but model.lora.r=0"):
+        check_resume(LoraSettings(r=0), adapter)
+    with pytest.raises(ConfigError, match="rank 8, but model.lora.r=4: resume with model.lora.r=8"):
+        check_resume(LoraSettings(r=4), adapter)
+
+
 def test_unknown_target_module_lists_the_models_linear_layers(tiny_model_dir):
     with pytest.raises(ConfigError, match=r"target_modules=\['qkv'\].*Linear layers of this model: .*q_proj"):
         _lora_policy(tiny_model_dir, targets="[qkv]")

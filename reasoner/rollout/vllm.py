@@ -26,6 +26,14 @@ works whether vLLM runs its workers in this process or in its own processes (the
   tensors themselves, by reference;
 - other processes: each bucket is packed into one CUDA buffer whose IPC handle the workers open (no copy).
 
+LoRA (``model.lora.r`` > 0): the engine serves the *merged* model, loaded from the base's directory and kept
+current by pushing the adapted layers' merged weights ``W + B A alpha / r``, each computed out of place when its
+bucket is packed (``reasoner.lora.MergedWeight``). Not vLLM's LoRA adapters (``enable_lora``): those run the
+adapter as an extra low-rank matmul in every forward (slower generation, a ``max_lora_rank`` cap, and kernels
+whose log-probs differ more from the trainer's), while a merged push keeps generation at base speed and the
+engine a plain model. Not an in-place merge and unmerge around the push either: in bf16 ``W + d - d != W``, so
+the frozen base would drift every step. The pushes after the first carry the adapted layers only.
+
 Under torchrun each rank builds its own engine on its own GPU (``distributed_executor_backend=
 "external_launcher"``, as TRL's colocate mode does) and generates for its own prompts; with
 ``tensor_parallel_size`` > 1 the ranks of a tensor-parallel group pool their prompts, generate together and
