@@ -19,6 +19,8 @@
 from __future__ import annotations
 
 import sys
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,8 @@ def add_lora(model: torch.nn.Module, lora: LoraSettings, task_type: str | None =
         task_type=task_type,
     )
     try:
-        return get_peft_model(model, config)
+        with _quiet():
+            return get_peft_model(model, config)
     except ValueError as e:
         if "not found" not in str(e).lower() and "target modules" not in str(e).lower():
             raise
@@ -96,7 +99,16 @@ def load_adapter(base: torch.nn.Module, adapter_dir: str | Path, trainable: bool
     """The ``peft`` model of ``base`` with the adapter saved in ``adapter_dir`` (a checkpoint or final-adapter)."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    with _quiet():
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+@contextmanager
+def _quiet():
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: its FutureWarning is not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        yield
 
 
 def is_adapter_dir(path: str | Path) -> bool:
