@@ -28,7 +28,8 @@ from torch import nn
 from reasoner.algo import gae, kl_penalty, value_loss, whiten
 from reasoner.batch import RolloutBatch, autocast
 from reasoner.estimators import ESTIMATORS
-from reasoner.lora import enabled
+from reasoner.lora import add_lora, enabled
+from reasoner.models import resolve_dtype
 
 
 class Critic(nn.Module):
@@ -50,9 +51,6 @@ class Critic(nn.Module):
         """``lora`` (``model.lora``) with r > 0: a frozen backbone in ``dtype`` with LoRA adapters; the value
         head (outside the backbone) always trains in full."""
         from transformers import AutoModel
-
-        from reasoner.lora import add_lora, enabled
-        from reasoner.models import resolve_dtype
 
         use_lora = lora is not None and enabled(lora)
         # fp32 master weights (bf16 autocast on CUDA in forward); a frozen LoRA base needs no fp32 copy
