@@ -122,7 +122,7 @@ class Run:
     tokenizer: Any
     policy: torch.nn.Module  # generation and checkpoints
     model: torch.nn.Module  # the update: ``policy``, DDP-wrapped under torchrun
-    reference: torch.nn.Module | None
+    reference: Any  # a model, reasoner.lora.AdaptersOff (LoRA: the policy with its adapters off), or None
     estimator: Any  # reasoner.estimators.Estimator
     task: Any
     train_set: list[Example]
