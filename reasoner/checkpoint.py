@@ -30,7 +30,7 @@ def save_checkpoint(
     model.save_pretrained(tmp / "policy")
     tokenizer.save_pretrained(tmp / "policy")
     for name, extra in (extra_models or {}).items():
-        torch.save(extra.state_dict(), tmp / f"{name}.pt")
+        save_extra(tmp, name, extra)
     rng = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -60,8 +60,25 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
+def save_extra(ckpt: Path, name: str, module) -> None:
+    """``module``'s state without its frozen parameters (a LoRA critic's base weights: they never change and
+    load again from the model they came from); a fully trained module is saved whole."""
+    frozen = _frozen(module)
+    torch.save({k: v for k, v in module.state_dict().items() if k not in frozen}, Path(ckpt) / f"{name}.pt")
+
+
 def load_extra(ckpt: Path, name: str, module) -> None:
-    module.load_state_dict(torch.load(ckpt / f"{name}.pt", weights_only=False))
+    state = torch.load(Path(ckpt) / f"{name}.pt", weights_only=False)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    lost = set(missing) - _frozen(module)
+    if lost or unexpected:
+        raise ValueError(f"{ckpt / name}.pt does not fit the {name} built for this run (missing: "
+                         f"{sorted(lost)[:5]}, unexpected: {sorted(unexpected)[:5]}): were model.lora settings "
+                         "changed since it was saved?")  # fmt: skip
+
+
+def _frozen(module) -> set[str]:
+    return {n for n, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -29,6 +29,22 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSettings:
+    """``model.lora``: LoRA adapters through ``peft`` (named so as not to clash with ``peft.LoraConfig``).
+
+    With ``r`` > 0 the policy's base weights are frozen (in ``model.dtype``) and only the adapters train; the KL
+    reference is the base with the adapters switched off, and the run saves ``final-adapter/`` and a merged
+    ``final/``. The PPO critic and `reasoner rm train` read the same settings.
+    """
+
+    r: int = 0  # adapter rank; 0 = off (full fine-tuning)
+    alpha: float = 16.0  # the adapter's output is scaled by alpha / r
+    dropout: float = 0.0  # on the adapter's input; active only where the model is in train mode (RM, critic)
+    # a list of module names (e.g. [q_proj, v_proj]) or "all-linear": every linear layer but the output head
+    target_modules: list[str] | str = "all-linear"
+
+
+@dataclass
 class ModelConfig:
     path: str = "runs/tiny-model"  # hub id or local directory; built by `reasoner tiny-model` if missing
     tokenizer: str | None = None  # defaults to `path`
@@ -36,6 +52,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None  # e.g. "sdpa", "flash_attention_2"
     reference: str | None = None  # the KL reference policy; None = the policy RL starts from (after SFT)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass

@@ -127,3 +127,24 @@ def load_policy(
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     return model.to(device)
+
+
+def load_trainable_policy(cfg, path: str, device: torch.device, saved: str | None = None):
+    """The policy the update trains: fp32 master weights, or with ``model.lora.r`` > 0 a frozen base in
+    ``model.dtype`` with fp32 LoRA adapters. ``saved``: a checkpoint's policy to resume from (a whole model, or
+    with LoRA the adapter, which goes back onto ``path``)."""
+    from reasoner.lora import add_lora, check_resume, enabled, load_adapter
+
+    mc = cfg.model
+    lora = enabled(mc.lora)
+    if saved:
+        check_resume(mc.lora, saved)
+    path = saved if saved and not lora else path
+    model = load_policy(path, mc.dtype if lora else "float32", device, mc.attn_implementation)
+    if mc.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if lora:  # the frozen embeddings' output needs requires_grad, or checkpointed blocks get no gradient
+            model.enable_input_require_grads()
+    if not lora:
+        return model
+    return load_adapter(model, saved) if saved else add_lora(model, mc.lora)

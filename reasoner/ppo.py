@@ -40,6 +40,8 @@ from reasoner.algo import gae, kl_penalty, value_loss, whiten
 from reasoner.batch import RolloutBatch, autocast
 from reasoner.distributed import DistInfo, all_reduce_sum, wrap_ddp, wrap_fsdp
 from reasoner.estimators import ESTIMATORS
+from reasoner.lora import add_lora, enabled
+from reasoner.models import resolve_dtype
 
 
 class Critic(nn.Module):
@@ -56,14 +58,21 @@ class Critic(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, device: torch.device, attn_implementation: str | None = None
+        cls, path: str, device: torch.device, attn_implementation: str | None = None, lora=None, dtype="auto"
     ) -> Critic:
+        """``lora`` (``model.lora``) with r > 0: a frozen backbone in ``dtype`` with LoRA adapters; the value
+        head (outside the backbone) always trains in full."""
         from transformers import AutoModel
 
-        kwargs = {"dtype": torch.float32}  # fp32 master weights; bf16 autocast on CUDA in forward
+        use_lora = lora is not None and enabled(lora)
+        # fp32 master weights (bf16 autocast on CUDA in forward); a frozen LoRA base needs no fp32 copy
+        kwargs = {"dtype": resolve_dtype(dtype, device) if use_lora else torch.float32}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        return cls(AutoModel.from_pretrained(path, **kwargs)).to(device)
+        backbone = AutoModel.from_pretrained(path, **kwargs)
+        if use_lora:
+            backbone = add_lora(backbone, lora, task_type=None)
+        return cls(backbone).to(device)
 
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
         width_c = batch.completion_mask.shape[1]  # T
@@ -139,9 +148,13 @@ class PPOEstimator:
             raise ValueError("PPO needs a critic: set algo.critic_model, or pass the policy's model_path")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.world = world or DistInfo()
-        self.critic = Critic.from_pretrained(path, self.device, cfg.model.attn_implementation)
+        self.critic = Critic.from_pretrained(
+            path, self.device, cfg.model.attn_implementation, cfg.model.lora, cfg.model.dtype
+        )
         if cfg.model.gradient_checkpointing:
             self.critic.backbone.gradient_checkpointing_enable()
+            if enabled(cfg.model.lora):  # a frozen embedding's output must require grad to checkpoint through
+                self.critic.backbone.enable_input_require_grads()
         if policy is not None:
             _check_vocab(self.critic, policy, path)
         # The value loss goes through `model` (gradients averaged over ranks); values and checkpoints use
@@ -152,7 +165,7 @@ class PPOEstimator:
             self.model = wrap_ddp(self.critic, self.world)
         self._sum = partial(all_reduce_sum, info=self.world)  # a batch-wide sum over every rank's share
         self.optimizer = torch.optim.AdamW(
-            self.critic.parameters(),
+            [p for p in self.critic.parameters() if p.requires_grad],  # LoRA: the adapters and the head
             lr=ac.critic_lr,
             weight_decay=cfg.optim.weight_decay,
             betas=tuple(cfg.optim.betas),

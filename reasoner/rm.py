@@ -35,6 +35,7 @@ from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy
 from reasoner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_json_atomic
 from reasoner.config import Config, RMConfig, to_dict
 from reasoner.data import DataError, load_records
+from reasoner.lora import ADAPTER_DIR, add_lora, check_resume, enabled, load_adapter, save_merged
 from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, set_cpu_threads
 from reasoner.optim import make_optimizer, make_scheduler
@@ -173,7 +174,12 @@ def train_reward_model(
     set_cpu_threads(cfg.train.cpu_threads)
     device = default_device()
     ckpt = latest_checkpoint(run) if rc.resume else None
-    model, tokenizer = load_rm(str(ckpt / "policy") if ckpt else model_path, device)
+    lora = enabled(cfg.model.lora)  # LoRA: a frozen base with adapters; the score head trains in full
+    if ckpt:
+        check_resume(cfg.model.lora, ckpt / "policy")
+    model, tokenizer = load_rm(model_path if lora or not ckpt else str(ckpt / "policy"), device)
+    if lora:  # a LoRA checkpoint holds the adapter (and the head): it goes back onto model_path
+        model = load_adapter(model, ckpt / "policy") if ckpt else add_lora(model, cfg.model.lora, "SEQ_CLS")
     tokenizer.padding_side = "right"
     pairs = load_pairs(data, tokenizer, rc, "train")
     eval_pairs = load_pairs(eval_data, tokenizer, rc, "test") if eval_data is not None else []
@@ -259,8 +265,11 @@ def train_reward_model(
     stats = {"mean": train_scores.mean().item(), "std": train_scores.std(unbiased=False).item(), "chat": chat,
              "max_length": rc.max_length, "samples": len(texts)}  # fmt: skip
     final = run / "final"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if lora:  # final-adapter/ for peft; the merged model in final/, which load_rm and rm eval read as any RM
+        model = save_merged(model, tokenizer, final, run / ADAPTER_DIR)
+    else:
+        model.save_pretrained(final)
+        tokenizer.save_pretrained(final)
     write_json_atomic(final / STATS_FILE, stats)
     plot_metrics(
         run / "metrics.jsonl", run / "curves.png", title="reward model (Bradley–Terry)", keys=RM_PLOT_KEYS
@@ -272,6 +281,8 @@ def train_reward_model(
         "reward_mean": round(stats["mean"], 4), "reward_std": round(stats["std"], 4),
         "wall_s": round(time.time() - t_start, 1), "output_dir": str(run),
     }  # fmt: skip
+    if lora:
+        result["adapter"] = str(run / ADAPTER_DIR)
     write_json_atomic(run / "result.json", result)
     return result
 

@@ -70,8 +70,15 @@ from reasoner.distributed import (
 )
 from reasoner.estimators import make_estimator
 from reasoner.evaluate import SCORE_METRIC, evaluate_model
+from reasoner.lora import ADAPTER_DIR, AdaptersOff, check_lora, enabled, is_lora, save_merged
 from reasoner.metrics import MetricsLogger, plot_metrics
-from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
+from reasoner.models import (
+    default_device,
+    load_policy,
+    load_tokenizer,
+    load_trainable_policy,
+    set_cpu_threads,
+)
 from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
 from reasoner.rollout import Rollout, SamplingParams, make_engine
@@ -117,7 +124,7 @@ class Run:
     tokenizer: Any
     policy: torch.nn.Module  # generation and checkpoints
     model: torch.nn.Module  # the update: ``policy``, DDP-wrapped under torchrun
-    reference: torch.nn.Module | None
+    reference: Any  # a model, reasoner.lora.AdaptersOff (LoRA: the policy with its adapters off), or None
     estimator: Any  # reasoner.estimators.Estimator
     task: Any
     train_set: list[Example]
@@ -188,14 +195,13 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         model_path = broadcast_object(model_path, world)
     ckpt = latest_checkpoint(run_dir) if cfg.train.resume else None
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
-    policy = load_policy(
-        str(ckpt / "policy") if ckpt else model_path, "float32", device, cfg.model.attn_implementation
-    )
-    if cfg.model.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+    policy = load_trainable_policy(cfg, model_path, device, str(ckpt / "policy") if ckpt else None)
+    lora = enabled(cfg.model.lora)
     model = wrap_ddp(policy, world)  # the update goes through DDP; generation and checkpoints use `policy`
     reference, reference_path = None, cfg.model.reference or model_path
-    if cfg.algo.beta > 0:
+    if cfg.algo.beta > 0 and lora and cfg.model.reference is None:
+        reference = AdaptersOff(policy)  # the base model itself: no second copy of the weights
+    elif cfg.algo.beta > 0:
         reference = (
             load_policy(reference_path, cfg.model.dtype, device, cfg.model.attn_implementation)
             .eval()
@@ -397,9 +403,12 @@ def finish(run: Run) -> dict:
     cfg, history, world = run.cfg, run.history, run.world
     run.bar.close()
     run.log.close()
-    if world.is_main:
+    if world.is_main and is_lora(run.policy):  # final-adapter/ for peft, the merged model in final/
+        run.policy = save_merged(run.policy, run.tokenizer, run.dir / "final", run.dir / ADAPTER_DIR)
+    elif world.is_main:
         run.policy.save_pretrained(run.dir / "final")
         run.tokenizer.save_pretrained(run.dir / "final")
+    if world.is_main:
         plot_metrics(
             run.dir / "metrics.jsonl", run.dir / "curves.png", title=f"{cfg.algo.name} on {run.task.name}"
         )
@@ -410,6 +419,8 @@ def finish(run: Run) -> dict:
         "steps": cfg.train.steps, "samples": samples * world.world_size, "eval_prompts": run.eval_size,
         "wall_s": round(time.time() - run.t_start, 1), "model": cfg.model.path, "output_dir": str(run.dir),
     }  # fmt: skip
+    if enabled(cfg.model.lora):
+        result["adapter"] = str(run.dir / ADAPTER_DIR)
     if world.is_main:
         write_json_atomic(run.dir / "result.json", result)
     destroy(world)
@@ -426,6 +437,7 @@ def _check_algo(cfg: Config) -> None:
     if not 0 <= cfg.algo.overlong_buffer <= cfg.rollout.max_new_tokens:
         raise ConfigError(f"algo.overlong_buffer must be in 0..rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
                           f"(0 = off), got {cfg.algo.overlong_buffer}")  # fmt: skip
+    check_lora(cfg.model.lora)
     if cfg.algo.refill_rounds < 0:
         raise ConfigError(f"algo.refill_rounds must be >= 0 (0 = no refill), got {cfg.algo.refill_rounds}")
 

@@ -26,6 +26,14 @@ works whether vLLM runs its workers in this process or in its own processes (the
   tensors themselves, by reference;
 - other processes: each bucket is packed into one CUDA buffer whose IPC handle the workers open (no copy).
 
+LoRA (``model.lora.r`` > 0): the engine serves the *merged* model, loaded from the base's directory and kept
+current by pushing the adapted layers' merged weights ``W + B A alpha / r``, each computed out of place when its
+bucket is packed (``reasoner.lora.MergedWeight``). Not vLLM's LoRA adapters (``enable_lora``): those run the
+adapter as an extra low-rank matmul in every forward (slower generation, a ``max_lora_rank`` cap, and kernels
+whose log-probs differ more from the trainer's), while a merged push keeps generation at base speed and the
+engine a plain model. Not an in-place merge and unmerge around the push either: in bf16 ``W + d - d != W``, so
+the frozen base would drift every step. The pushes after the first carry the adapted layers only.
+
 Under torchrun each rank builds its own engine on its own GPU (``distributed_executor_backend=
 "external_launcher"``, as TRL's colocate mode does) and generates for its own prompts; with
 ``tensor_parallel_size`` > 1 the ranks of a tensor-parallel group pool their prompts, generate together and
@@ -63,6 +71,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from reasoner.lora import materialize
 from reasoner.rollout.base import Rollout, SamplingParams
 from reasoner.rollout.weights import SyncLedger, bucket_nbytes, named_weights, pack_bucket, plan_buckets
 
@@ -295,10 +304,15 @@ class VLLMEngine:
         self.llm.wake_up(tags=tags)
         self._asleep -= set(tags)
 
+    def _plan(self, named: list[tuple[str, torch.Tensor]]):
+        return plan_buckets([(n, self.engine_dtype, t.shape) for n, t in named], self.bucket_bytes)
+
     def _buckets(self, named: list[tuple[str, torch.Tensor]]):
+        """Each bucket's slots and tensors, one bucket at a time: a LoRA policy's merged weights
+        (``reasoner.lora.MergedWeight``) are computed here, so a push holds one bucket of them at most."""
         tensors = dict(named)
-        for bucket in plan_buckets([(n, self.engine_dtype, t.shape) for n, t in named], self.bucket_bytes):
-            yield bucket, [tensors[s.name] for s in bucket]
+        for bucket in self._plan(named):
+            yield bucket, [materialize(tensors[s.name]) for s in bucket]
 
     def _push_tensors(self, named: list[tuple[str, torch.Tensor]]) -> int:
         nbytes = 0
@@ -336,14 +350,13 @@ class VLLMEngine:
     def _push_ipc(self, named: list[tuple[str, torch.Tensor]]) -> int:
         from torch.multiprocessing.reductions import reduce_tensor
 
-        buckets = list(self._buckets(named))
-        size = max((bucket_nbytes(b) for b, _ in buckets), default=0)
+        size = max((bucket_nbytes(b) for b in self._plan(named)), default=0)
         buffer = torch.empty(
             size, dtype=torch.uint8, device=torch.device("cuda", torch.cuda.current_device())
         )
         handle = pickle.dumps(reduce_tensor(buffer))
         nbytes = 0
-        for bucket, tensors in buckets:
+        for bucket, tensors in self._buckets(named):
             pack_bucket(bucket, tensors, buffer)
             torch.cuda.synchronize()  # the bytes must be in place before another process reads them
             loaded = self.llm.collective_rpc(

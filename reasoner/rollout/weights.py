@@ -49,7 +49,15 @@ def named_weights(model: torch.nn.Module, only_trainable: bool = False) -> list[
     name, as ``named_parameters`` lists them; FSDP2 DTensor shards are gathered with ``full_tensor()`` (a
     collective: all ranks must call this together). ``only_trainable`` keeps parameters with
     ``requires_grad``: the only ones an optimizer step can change.
+
+    A LoRA policy (``peft``) is listed as its merged model: each adapted layer's weight is a
+    ``reasoner.lora.MergedWeight``, merged out of place when ``materialize`` is called on it (one push bucket
+    at a time), and ``only_trainable`` keeps the adapted layers' weights. See reasoner/lora.py.
     """
+    from reasoner.lora import is_lora, named_merged_weights
+
+    if is_lora(unwrap(model)):
+        return named_merged_weights(unwrap(model), only_trainable)
     out = []
     for name, param in unwrap(model).named_parameters():
         if only_trainable and not param.requires_grad:
