@@ -17,6 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
@@ -175,28 +176,17 @@ async def _text_stream(cid: str, version: str, choices):
 feedback_router = APIRouter(prefix="/v1")  # behind ApiKeyAuth
 
 
-@feedback_router.post(
-    "/feedback",
-    status_code=201,
-    response_model=schemas.FeedbackCreated,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schemas.FEEDBACK_SCHEMA}},
-        },
-        "parameters": [
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "maxLength": 256},
-            }
-        ],
-    },
-)
-async def post_feedback(request: Request):
-    # The route many writers hit at once: the body is validated straight from its bytes and the answer
-    # serialised once, rather than through FastAPI's per-parameter machinery (a third of a post's CPU).
+class RawRoute(APIRoute):
+    """A route whose endpoint takes the ``Request`` and returns a ``Response`` itself, validating and answering with
+    the pydantic models of ``schemas``: listed in the OpenAPI document like any route, without FastAPI's
+    per-request parameter resolution and response serialisation (measured: 40% of the feedback route's CPU).
+    """
+
+    def get_route_handler(self):
+        return self.endpoint
+
+
+async def post_feedback(request: Request) -> Response:
     try:
         body = schemas.FEEDBACK.validate_json(await request.body())
     except ValidationError as e:
@@ -206,6 +196,26 @@ async def post_feedback(request: Request):
         raise ServiceError(422, "Idempotency-Key: at most 256 characters", "Idempotency-Key")
     created = await request.app.state.service.feedback(body, key)  # committed before the 201 goes out
     return Response(schemas.FeedbackCreated(**created).model_dump_json(), 201, media_type="application/json")
+
+
+# the route many writers hit at once
+feedback_router.add_api_route(
+    "/feedback",
+    post_feedback,
+    methods=["POST"],
+    status_code=201,
+    response_model=schemas.FeedbackCreated,
+    route_class_override=RawRoute,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.FEEDBACK_SCHEMA}},
+        },
+        "parameters": [
+            {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 256}}
+        ],
+    },
+)
 
 
 @feedback_router.get("/stats", response_model=schemas.StatsResponse)
@@ -290,8 +300,10 @@ class ApiKeyAuth:
 
     async def __call__(self, scope, receive, send):
         if self.key is not None and scope["type"] == "http" and scope["path"].startswith("/v1"):
-            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            given = _bearer(header.decode("latin-1")) or ""
+            given = ""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    given = _bearer(value.decode("latin-1")) or ""
             if not secrets.compare_digest(given.encode(), self.key):
                 denied = _error(
                     401,
@@ -339,7 +351,7 @@ def create_app(svc: ServeService) -> FastAPI:
 
     app = FastAPI(title="reasoner serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = svc
-    for router in (openai_router, feedback_router, admin_router, page_router):
+    for router in (feedback_router, openai_router, admin_router, page_router):  # the busiest first
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
