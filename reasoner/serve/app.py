@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,8 +24,10 @@ from pydantic import ValidationError
 
 from reasoner.serve import schemas
 from reasoner.serve.service import ServeService, ServiceError, now
+from reasoner.serve.store import new_completion_id
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("reasoner.serve")
 FEEDBACK_TAGS = {"rating", "choice", "tie", "ranking"}
 CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
@@ -84,12 +87,14 @@ async def chat_completions(req: schemas.ChatRequest, svc: Service):
     svc.check_model(req.model)
     messages = [m.model_dump() for m in req.messages]
     prompt = svc.render_chat(messages)
-    gen = await svc.generate([prompt], svc.sampling(req), req.stop, "messages")
-    cid = await svc.record("chat", prompt, gen, 0, req, messages)
-    choices = gen.choices[0]
-    usage = _usage(gen.prompt_tokens[0], choices)
+    params = svc.sampling(req)
     if req.stream:
-        return StreamingResponse(_chat_stream(cid, gen.version, choices), media_type="text/event-stream")
+        stream = await svc.stream(prompt, params, req.stop, "messages")
+        return _event_stream(svc, stream, "chat", prompt, req, messages)
+    gen = await svc.generate([prompt], params, req.stop, "messages")
+    choices = gen.choices[0]
+    cid = await svc.record("chat", prompt, gen.version, choices, req, messages)
+    usage = _usage(gen.prompt_tokens[0], choices)
     return schemas.ChatResponse(
         id=cid,
         created=now(),
@@ -111,12 +116,13 @@ async def completions(req: schemas.CompletionRequest, svc: Service):
         # a completion id names one prompt (feedback compares answers to one prompt): one prompt per request
         raise ServiceError(422, "prompt: send one prompt per request (a string or a list of one)", "prompt")
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    gen = await svc.generate([prompt], svc.sampling(req), req.stop, "prompt")
-    cid = await svc.record("text", prompt, gen, 0, req)
-    flat = gen.choices[0]
-    usage = _usage(gen.prompt_tokens[0], flat)
+    params = svc.sampling(req)
     if req.stream:
-        return StreamingResponse(_text_stream(cid, gen.version, flat), media_type="text/event-stream")
+        return _event_stream(svc, await svc.stream(prompt, params, req.stop, "prompt"), "text", prompt, req)
+    gen = await svc.generate([prompt], params, req.stop, "prompt")
+    flat = gen.choices[0]
+    cid = await svc.record("text", prompt, gen.version, flat, req)
+    usage = _usage(gen.prompt_tokens[0], flat)
     return schemas.CompletionResponse(
         id=cid,
         created=now(),
@@ -136,40 +142,64 @@ def _usage(prompt_tokens: int, choices) -> schemas.Usage:
     )
 
 
-def _pieces(text: str, size: int = 8):
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-async def _chat_stream(cid: str, version: str, choices):
-    base = {"id": cid, "object": "chat.completion.chunk", "created": now(), "model": version}
-    for i, c in enumerate(choices):
-        yield _sse(
-            {
-                **base,
-                "choices": [
-                    {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                ],
-            }
-        )
-        for piece in _pieces(c.text):
-            yield _sse(
-                {**base, "choices": [{"index": i, "delta": {"content": piece}, "finish_reason": None}]}
+def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messages=None) -> StreamingResponse:
+    """``stream: true``: server-sent events in OpenAI's chunk format, each delta as soon as the shared decode
+    makes it final (reasoner.serve.decode). The completion is committed to the store before the chunks that
+    carry ``finish_reason``, so its id is good for feedback by then; a client that leaves stops its own rows.
+    """
+    chat = kind == "chat"
+    cid = new_completion_id(kind)
+
+    def chunk(base: dict, index: int, text: str | None, finish: str | None = None, role: bool = False) -> str:
+        if chat:
+            delta = (
+                {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             )
-        yield _sse({**base, "choices": [{"index": i, "delta": {}, "finish_reason": c.finish_reason}]})
-    yield "data: [DONE]\n\n"
+            return _sse({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
+        return _sse({**base, "choices": [{"index": index, "text": text or "", "finish_reason": finish}]})
+
+    async def events():
+        done: dict = {}
+        try:
+            version = (await _next(stream))[1]
+            base = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion"}
+            base.update(created=now(), model=version)
+            if chat:
+                for i in range(req.n):
+                    yield chunk(base, i, None, role=True)
+            while len(done) < req.n:
+                event = await _next(stream)
+                if event[0] == "text":
+                    yield chunk(base, event[1], event[2])
+                else:
+                    done[event[1]] = event[2]
+            choices = [done[i] for i in range(req.n)]
+            await svc.record(kind, prompt, version, choices, req, messages, completion_id=cid)
+            for i, c in enumerate(choices):
+                yield chunk(base, i, None, c.finish_reason)
+            yield "data: [DONE]\n\n"
+        except GenerationFailed as e:  # the 200 has gone out: the error goes into the stream
+            log.error("streaming %s failed: %s", cid, e.__cause__)
+            yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": 500}})
+        finally:
+            stream.cancel()  # a client that went away stops decoding its rows; the batch goes on
+
+    return StreamingResponse(events(), media_type="text/event-stream")
 
 
-async def _text_stream(cid: str, version: str, choices):
-    base = {"id": cid, "object": "text_completion", "created": now(), "model": version}
-    for i, c in enumerate(choices):
-        for piece in _pieces(c.text):
-            yield _sse({**base, "choices": [{"index": i, "text": piece, "finish_reason": None}]})
-        yield _sse({**base, "choices": [{"index": i, "text": "", "finish_reason": c.finish_reason}]})
-    yield "data: [DONE]\n\n"
+class GenerationFailed(Exception):
+    """The shared generate call of a streaming request raised."""
+
+
+async def _next(stream) -> tuple:
+    event = await stream.events.get()
+    if event[0] == "error":
+        raise GenerationFailed(f"generation failed: {event[1]}") from event[1]
+    return event
 
 
 # --- feedback -------------------------------------------------------------------------------------------------

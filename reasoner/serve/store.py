@@ -137,6 +137,11 @@ class IdempotencyConflict(ValueError):
     """An Idempotency-Key reused with a different body."""
 
 
+def new_completion_id(kind: str) -> str:
+    """A fresh id in OpenAI's style: ``chatcmpl-...`` for chat, ``cmpl-...`` for text completions."""
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
 def normalize_url(url: str) -> str:
     """A bare path means a SQLite file; URLs pass through.
 
@@ -309,7 +314,7 @@ class FeedbackStore:
         kind: str = "chat",
         completion_id: str | None = None,
     ) -> Future:
-        cid = completion_id or f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        cid = completion_id or new_completion_id(kind)
         finish_reasons = finish_reasons or ["stop"] * len(texts)
         if len(finish_reasons) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(finish_reasons)} finish_reasons")
