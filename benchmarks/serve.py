@@ -1,15 +1,19 @@
 """Serving throughput and latency (batched vs one-at-a-time generation) and feedback write rate.
 
     python benchmarks/serve.py [--model DIR] [--max-tokens 32] [--out benchmarks/results/serve.json]
+    python benchmarks/serve.py --feedback-only     # just the feedback writers, printed
 
 Two real `reasoner serve` processes on free localhost ports, on the same model, one after the other:
 - one-at-a-time: ``serve.max_batch=1``, every request gets its own ``generate`` call (the baseline);
 - batched: the default, requests arriving within ``serve.batch_window_ms`` share one call.
-Each is driven by 1, 8 and 32 concurrent HTTP clients (threads in this process) sending the same chat request
+Each is driven by 1, 8 and 32 concurrent HTTP clients (keep-alive connections on one event loop in this
+process, see ``Connection``) sending the same chat request
 (temperature 1.0, ``--max-tokens`` tokens); requests/s over the whole level and p50/p99 latency per request,
 from the median of ``--repeats`` runs (all runs' requests/s are kept).
 Then 16 writers post thumbs ratings to ``/v1/feedback`` on the batched server's SQLite store
-(WAL, synchronous=FULL): posts/s, and the count of stored rows must equal the count of 201s (zero lost).
+(WAL, synchronous=FULL): posts/s, the server's and this client's CPU milliseconds per post (steadier than
+posts/s on a shared machine), and the count of stored rows must equal the count of 201s (zero lost).
+The 1-minute load average at the start and the end goes into the results: other jobs share the machine.
 Targets: batched throughput at 32 clients >= 4x one-at-a-time; >= 500 feedback posts/s.
 """
 
