@@ -51,7 +51,9 @@ class _Item:
             self.future.set_result(result)
 
     def fail(self, error: BaseException) -> None:
-        if self.future is not None and not self.future.done():
+        if self.stream is not None:
+            self.stream.fail(error)
+        elif not self.future.done():
             self.future.set_exception(error)
 
     @property
@@ -163,15 +165,8 @@ class Batcher:
                 for stream in streams:
                     stream.flush()
 
-        try:
-            # prompt-major: n per prompt; only a streaming batch needs an engine that reports each step
-            rollouts = policy.engine.generate(
-                prompts, params, **({"on_tokens": on_tokens} if streams else {})
-            )
-        except Exception as e:
-            for stream in streams:
-                stream.fail(e)
-            raise
+        # prompt-major: n per prompt; only a streaming batch needs an engine that reports each step
+        rollouts = policy.engine.generate(prompts, params, **({"on_tokens": on_tokens} if streams else {}))
         for stream in streams:
             stream.end()
         out, start = [], 0

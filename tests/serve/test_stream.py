@@ -154,6 +154,22 @@ def test_a_client_that_leaves_mid_stream_does_not_break_its_batch(server):
     assert httpx.get(h.url + "/health").status_code == 200
 
 
+def test_a_failed_generate_ends_the_stream_with_an_error_event(server, oai):
+    svc, _ = server
+    engine = svc.policy.engine
+
+    def broken(*args, **kwargs):  # the engine failing mid-batch, e.g. out of memory
+        raise RuntimeError("CUDA out of memory")
+
+    engine.generate = broken
+    try:
+        with pytest.raises(openai.APIError, match="out of memory"):
+            list(oai.chat.completions.create(model="reasoner", messages=CHAT, max_tokens=5, stream=True))
+    finally:
+        del engine.generate
+    assert oai.chat.completions.create(model="reasoner", messages=CHAT, max_tokens=5).choices  # it goes on
+
+
 # --- TokenStream on its own ---------------------------------------------------------------------------------
 def _drive(tokenizer, pieces: list[list[int]], max_tokens: int = 100, stop=()) -> list[tuple]:
     """Feed token ids step by step (one list per step) to a one-choice stream; the events after each step."""
