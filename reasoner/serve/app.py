@@ -188,7 +188,9 @@ def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messag
         finally:
             stream.cancel()  # a client that went away stops decoding its rows; the batch goes on
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    # no-cache, and no buffering by a reverse proxy (nginx holds SSE back otherwise): each chunk as it comes
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 class GenerationFailed(Exception):
