@@ -109,10 +109,11 @@ state_t = sa.Table(
 _BY_KEYS = sa.select(feedback_t.c.idempotency_key, feedback_t.c.id, feedback_t.c.body_hash).where(
     feedback_t.c.idempotency_key.in_(sa.bindparam("keys", expanding=True))
 )
-_PROMPTS_OF = (
-    sa.select(choices_t.c.completion_id, choices_t.c.idx, completions_t.c.prompt)
-    .select_from(completions_t.join(choices_t, choices_t.c.completion_id == completions_t.c.id))
-    .where(completions_t.c.id.in_(sa.bindparam("cids", expanding=True)))
+_CHOICES_OF = sa.select(choices_t.c.completion_id, choices_t.c.idx).where(
+    choices_t.c.completion_id.in_(sa.bindparam("cids", expanding=True))
+)
+_PROMPTS_OF = sa.select(completions_t.c.id, completions_t.c.prompt).where(
+    completions_t.c.id.in_(sa.bindparam("cids", expanding=True))
 )
 _INSERT_FEEDBACK = feedback_t.insert()
 _INSERT_ITEM = feedback_items_t.insert()
@@ -572,12 +573,15 @@ def _insert_feedback(conn: sa.Connection, writes: list[tuple[dict, list[tuple[st
         else {}
     )
     cids = list({cid for _, refs in writes for cid, _choice in refs})
-    prompts = {(r.completion_id, r.idx): r.prompt for r in conn.execute(_PROMPTS_OF, {"cids": cids})}
+    known = {(r.completion_id, r.idx) for r in conn.execute(_CHOICES_OF, {"cids": cids})}
+    # prompts (up to 100k characters each) only where a write compares answers from different completions
+    mixed = list({cid for _, refs in writes if len({c for c, _ in refs}) > 1 for cid, _choice in refs})
+    prompts = dict(conn.execute(_PROMPTS_OF, {"cids": mixed}).all()) if mixed else {}
     results: list[Outcome] = []
     rows, items = [], []
     for row, refs in writes:
         try:
-            results.append((True, _check_feedback(row, refs, used, prompts)))
+            results.append((True, _check_feedback(row, refs, used, known, prompts)))
         except (NotFound, IdempotencyConflict, ValueError) as e:
             results.append((False, e))
             continue
@@ -594,20 +598,19 @@ def _insert_feedback(conn: sa.Connection, writes: list[tuple[dict, list[tuple[st
     return results
 
 
-def _check_feedback(row: dict, refs: list[tuple[str, int]], used: dict, prompts: dict) -> dict:
-    """``{"id", "created"}`` for one feedback write; ``used`` (key -> (id, body hash)) gains its key."""
+def _check_feedback(row: dict, refs: list[tuple[str, int]], used: dict, known: set, prompts: dict) -> dict:
+    """``{"id", "created"}`` for one feedback write; ``used`` (key -> (id, body hash)) gains its key. ``known``:
+    the (completion id, choice) pairs that exist; ``prompts``: completion id -> prompt, for mixed refs."""
     key = row["idempotency_key"]
     if key in used:
         fid, body_hash = used[key]
         if row["body_hash"] is not None and body_hash != row["body_hash"]:
             raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used with a different body")
         return {"id": fid, "created": False}
-    seen = set()
     for cid, choice in refs:
-        if (cid, choice) not in prompts:
+        if (cid, choice) not in known:
             raise NotFound(f"unknown response {{completion_id: {cid!r}, choice: {choice}}}")
-        seen.add(prompts[cid, choice])
-    if len(seen) > 1:
+    if len({prompts.get(cid) for cid, _choice in refs}) > 1:
         raise ValueError(f"{row['kind']} feedback must compare responses to the same prompt")
     fid = f"fb-{uuid.uuid4().hex}"
     if key is not None:  # a retry queued beside this write gets this row
