@@ -13,7 +13,8 @@ from the median of ``--repeats`` runs (all runs' requests/s are kept).
 Then 16 writers post thumbs ratings to ``/v1/feedback`` on the batched server's SQLite store
 (WAL, synchronous=FULL): posts/s, the server's and this client's CPU milliseconds per post (steadier than
 posts/s on a shared machine), and the count of stored rows must equal the count of 201s (zero lost).
-The 1-minute load average at the start and the end goes into the results: other jobs share the machine.
+Last, one long greedy chat request (``--stream-tokens``) streamed: when its first and last text arrive, against
+the same request answered whole. The 1-minute load average at the start and the end goes into the results.
 Targets: batched throughput at 32 clients >= 4x one-at-a-time; >= 500 feedback posts/s.
 """
 
@@ -205,6 +206,35 @@ def feedback_writers(url: str, db: Path, writers: int, posts: int, server_pid: i
     }
 
 
+def streaming(url: str, max_tokens: int) -> dict:
+    """One long greedy chat request streamed: when its first and last pieces of text arrive, against the same
+    request answered whole (token by token, the first piece comes after one decoding step, not all of them)."""
+    body = {"model": "reasoner", "messages": CHAT, "max_tokens": max_tokens, "temperature": 0.0}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    t0 = time.perf_counter()
+    whole = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=300).json()
+    whole_s = time.perf_counter() - t0
+    arrivals, text = [], ""
+    t0 = time.perf_counter()
+    with httpx.stream(
+        "POST", url + "/v1/chat/completions", json={**body, "stream": True}, headers=headers, timeout=300
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                piece = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                if piece:
+                    arrivals.append(time.perf_counter() - t0)
+                    text += piece
+    return {
+        "max_tokens": max_tokens,
+        "whole_answer_s": round(whole_s, 3),
+        "stream_first_text_s": round(arrivals[0], 3),
+        "stream_last_text_s": round(arrivals[-1], 3),
+        "text_chunks": len(arrivals),
+        "same_text_as_whole": text == whole["choices"][0]["message"]["content"],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="policy directory (default: build the tiny model in a temp dir)")
@@ -214,6 +244,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per level; the median is reported")
     ap.add_argument("--writers", type=int, default=16)
     ap.add_argument("--posts-per-writer", type=int, default=100)
+    ap.add_argument("--stream-tokens", type=int, default=200, help="max_tokens of the streamed request")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each server (serve.cpu_threads)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     ap.add_argument(
@@ -228,7 +259,10 @@ def main() -> int:
         model = str(build_tiny_model(tmp / "tiny-model"))
     levels = [int(x) for x in args.levels.split(",")]
     body = {"model": "reasoner", "messages": CHAT, "max_tokens": args.max_tokens, "temperature": 1.0}
-    common = [f"serve.cpu_threads={args.threads}", f"serve.max_tokens_cap={max(256, args.max_tokens)}"]
+    common = [
+        f"serve.cpu_threads={args.threads}",
+        f"serve.max_tokens_cap={max(256, args.max_tokens, args.stream_tokens)}",
+    ]
     result: dict = {
         "model": model,
         "max_tokens": args.max_tokens,
@@ -267,6 +301,10 @@ def main() -> int:
                     result["feedback"]["runs_posts_per_s"] = [r["posts_per_s"] for r in runs]
                     result["feedback"]["lost_in_any_run"] = sum(r["lost"] + r["failed"] for r in runs)
                     print(json.dumps({"feedback": result["feedback"]}), flush=True)
+                if name == "batched" and not args.feedback_only:
+                    runs = [streaming(url, args.stream_tokens) for _ in range(args.repeats)]
+                    result["streaming"] = sorted(runs, key=lambda r: r["stream_first_text_s"])[len(runs) // 2]
+                    print(json.dumps({"streaming": result["streaming"]}), flush=True)
             finally:
                 stop(proc)
     result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
