@@ -1,7 +1,8 @@
 """Concurrent requests share ``Engine.generate`` calls.
 
 Requests wait in an asyncio queue; the batch loop takes the first, then whatever else arrives within
-``window_s`` (up to ``max_batch`` sequences), groups them by the sampling settings one ``generate`` call can
+``window_s`` (up to ``max_batch`` sequences; longer, up to ``MAX_WAIT_S``, while it holds fewer than the last batch
+did: those clients are on their way back), groups them by the sampling settings one ``generate`` call can
 share (n, temperature, top_p, seed), and runs each group in one call on a single worker thread (torch runs one
 generate at a time; the event loop stays free for other requests and feedback). Each group asks for the largest
 ``max_tokens`` among its requests and every request's completions are cut back to its own ``max_tokens`` and
@@ -66,6 +67,9 @@ class _Item:
         return len(self.prompts) * self.params.n
 
 
+MAX_WAIT_S = 0.05  # the longest a batch waits for the clients of the last one
+
+
 class Batcher:
     def __init__(self, policy: Callable[[], object], window_s: float = 0.005, max_batch: int = 64):
         self.policy, self.window_s, self.max_batch = policy, window_s, max_batch
@@ -104,20 +108,27 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        expected, last_s = 1, 0.0  # the sequences of the last batch and how long it took
         while True:
             batch = [await self.queue.get()]
-            deadline = loop.time() + self.window_s
-            while sum(i.sequences for i in batch) < self.max_batch:
+            window = loop.time() + self.window_s
+            # The clients the last batch answered come back over several ms (each answer is committed to the
+            # store first), some after the window: a batch that has fewer sequences than the last one waits for
+            # them, for at most a quarter of the last batch's time (measured: 32 clients were served as batches
+            # of 14 and 18 half the time). One client at a time never waits past the window.
+            patient = loop.time() + max(self.window_s, min(last_s / 4, MAX_WAIT_S))
+            while (size := sum(i.sequences for i in batch)) < self.max_batch:
                 if not self.queue.empty():  # queued while the last batch ran: take it without waiting
                     batch.append(self.queue.get_nowait())
                     continue
-                remaining = deadline - loop.time()
+                remaining = (patient if size < expected else window) - loop.time()
                 if remaining <= 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            expected, started = sum(i.sequences for i in batch), loop.time()
             policy = self.policy()  # one version per batch: a hot swap applies from the next batch on
             groups: dict[tuple, list[_Item]] = {}
             for item in batch:
@@ -134,6 +145,7 @@ class Batcher:
                     continue
                 for i, r in zip(items, results, strict=True):
                     i.answer(r)
+            last_s = loop.time() - started
 
     def _run_group(self, policy, items: list[_Item]) -> list[Generated]:
         self.calls += 1
