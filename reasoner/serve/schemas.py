@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, field_validator
 
 Text = Annotated[str, Field(max_length=100_000)]
 Short = Annotated[str, Field(max_length=256)]
@@ -176,6 +176,29 @@ Feedback = Annotated[
         custom_error_message="feedback must have one of: response+rating, chosen+rejected, responses+tie, ranking",
     ),
 ]
+
+
+def inline_refs(schema: dict) -> dict:
+    """``schema`` with each ``$ref`` replaced by its ``$defs`` entry: an OpenAPI document resolves refs against
+    itself, not against the schema that holds them (the models here are not recursive).
+
+    >>> inline_refs({"$defs": {"A": {"type": "integer"}}, "properties": {"a": {"$ref": "#/$defs/A"}}})
+    {'properties': {'a': {'type': 'integer'}}}
+    """
+    defs = schema.get("$defs", {})
+
+    def sub(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return sub(defs[node["$ref"].rsplit("/", 1)[1]])
+            return {k: sub(v) for k, v in node.items() if k != "$defs"}
+        return [sub(v) for v in node] if isinstance(node, list) else node
+
+    return sub(schema)
+
+
+FEEDBACK = TypeAdapter(Feedback)  # validates a body straight from its JSON bytes (the route skips FastAPI's)
+FEEDBACK_SCHEMA = inline_refs(FEEDBACK.json_schema())
 
 
 class FeedbackCreated(BaseModel):

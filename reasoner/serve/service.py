@@ -16,6 +16,7 @@ from pathlib import Path
 from reasoner.config import ServeConfig
 from reasoner.rollout.base import SamplingParams
 from reasoner.serve.batcher import Batcher, Generated
+from reasoner.serve.decode import Choice, TokenStream
 from reasoner.serve.store import FeedbackStore
 
 
@@ -195,24 +196,37 @@ class ServeService:
         self._check_length(prompts, params, param)
         return await self.batcher.generate(prompts, params, stop)
 
-    async def record(self, kind: str, prompt: str, gen: Generated, index: int, req, messages=None) -> str:
+    async def stream(self, prompt: str, params: SamplingParams, stop: list[str], param: str) -> TokenStream:
+        self._check_length([prompt], params, param)
+        return await self.batcher.stream(prompt, params, stop)
+
+    async def record(
+        self,
+        kind: str,
+        prompt: str,
+        version: str,
+        choices: list[Choice],
+        req,
+        messages=None,
+        completion_id: str | None = None,
+    ) -> str:
         """Store one prompt's completions (committed before the response goes out); returns the completion id."""
         sampling = {
             "n": req.n, "temperature": req.temperature, "top_p": req.top_p,
             "max_tokens": req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens,
             "seed": req.seed, "stop": req.stop,
         }  # fmt: skip
-        choices = gen.choices[index]
         return await self._committed(
             self.store.submit_completion(
                 prompt=prompt,
                 texts=[c.text for c in choices],
                 finish_reasons=[c.finish_reason for c in choices],
-                version=gen.version,
+                version=version,
                 sampling=sampling,
                 messages=messages,
                 user=req.user,
                 kind=kind,
+                completion_id=completion_id,
             )
         )
 

@@ -78,7 +78,10 @@ def test_api_key(server):
         for method, path in (
             ("GET", "/v1/models"),
             ("POST", "/v1/chat/completions"),
+            ("POST", "/v1/completions"),
             ("POST", "/v1/feedback"),
+            ("GET", "/v1/stats"),
+            ("GET", "/v1/no-such-route"),
         ):
             r = httpx.request(method, h.url + path, headers=headers, json={})
             assert r.status_code == 401, (headers, path)
@@ -224,6 +227,9 @@ def test_idempotent_retries(server, client):
     assert svc.store.count_feedback() == before + 1
     other = client.post("/v1/feedback", json={**body, "rating": -1}, headers={"Idempotency-Key": "retry-1"})
     assert other.status_code == 409 and other.json()["error"]["param"] == "Idempotency-Key"
+    long = client.post("/v1/feedback", json=body, headers={"Idempotency-Key": "k" * 257})
+    assert long.status_code == 422 and long.json()["error"]["param"] == "Idempotency-Key"
+    assert svc.store.count_feedback() == before + 1
 
 
 def test_concurrent_requests_share_generate_calls(server, client):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reasoner.models import build_char_tokenizer
-from reasoner.serve.batcher import cut
+from reasoner.serve.decode import cut
 from reasoner.serve.pairs import bradley_terry, preference_pairs, version_stats
 
 

@@ -137,6 +137,34 @@ def test_concurrent_writers_lose_nothing(store):
     assert {r["id"] for r in store.feedback()} == set(ids)
 
 
+def test_writes_queued_together_share_a_commit_and_fail_alone(store):
+    """Group commit: one transaction for the writes queued beside each other, each write with its own answer."""
+    cid = _completion(store)
+    commits = []
+    sa.event.listen(store.engine, "commit", lambda conn: commits.append(1))
+    futures = [store.submit_feedback("rating", [(cid, i % 2)], rating=1) for i in range(40)]
+    futures += [
+        store.submit_feedback("rating", [("nope", 0)], rating=1),
+        store.submit_feedback("rating", [(cid, 0)], rating=1, idempotency_key="k", body_hash="a"),
+        store.submit_feedback("rating", [(cid, 0)], rating=1, idempotency_key="k", body_hash="a"),
+        store.submit_feedback("rating", [(cid, 0)], rating=-1, idempotency_key="k", body_hash="b"),
+        store.submit_completion(prompt="user: 1+1?\nassistant:", texts=["2"], version="v0"),
+        store.submit_feedback("choice", [(cid, 0), (cid, 1)]),
+    ]
+    assert all(f.result()["created"] for f in futures[:40])
+    with pytest.raises(NotFound, match="nope"):
+        futures[40].result()
+    first, retry = futures[41].result(), futures[42].result()
+    assert first["created"] and not retry["created"] and retry["id"] == first["id"]
+    with pytest.raises(IdempotencyConflict):
+        futures[43].result()
+    other = futures[44].result()
+    assert futures[45].result()["created"]
+    assert store.count_feedback() == 40 + 1 + 1
+    assert store.completion(other)["choices"][0]["text"] == "2"
+    assert len(commits) < len(futures) / 4, f"{len(commits)} commits for {len(futures)} writes"
+
+
 def test_export_pairs_filters_by_time_and_version(store):
     a = _completion(store, texts=("good", "bad"), version="v0")
     b = _completion(store, texts=("newer",), version="v1")
