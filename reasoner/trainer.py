@@ -431,7 +431,7 @@ def _any_rank(flag: bool, world) -> bool:
 def update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, pad_id, device) -> dict:
     """Compute advantages and take ``algo.inner_epochs`` policy-gradient steps on one batch of rollouts."""
     ac = cfg.algo
-    batch = make_batch(rollouts, pad_id, device)
+    batch = make_batch(rollouts, pad_id, device, cfg.train.shared_prefix, cfg.train.pack)
     keep = scored.clone()  # [N] samples that take part in the loss
     if ac.mask_truncated:
         keep &= torch.tensor([r.finish_reason == "stop" for r in rollouts], device=device)
