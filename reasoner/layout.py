@@ -77,7 +77,7 @@ class PackedLayout:
 def pack_batch(batch, shared_prefix: bool, pack: bool, row_tokens: int = ROW_TOKENS) -> PackedLayout:
     """The layout of a ``RolloutBatch``; see the module docstring. Built on the CPU, returned on the batch's device."""
     width_p = batch.prompt_width
-    ids = batch.input_ids.cpu()
+    ids_list = batch.input_ids.tolist()
     prompt_len = batch.attention_mask[:, :width_p].sum(1).tolist()  # [N]
     comp_len = batch.completion_mask.sum(1).long().tolist()  # [N]
     n, width_c = batch.completion_mask.shape
@@ -85,7 +85,7 @@ def pack_batch(batch, shared_prefix: bool, pack: bool, row_tokens: int = ROW_TOK
         raise ValueError("every rollout needs at least one prompt token to be scored")
     units: dict = {}  # prompt tokens (or sample) -> samples that share it
     for i in range(n):
-        prompt = tuple(ids[i, width_p - prompt_len[i] : width_p].tolist())
+        prompt = tuple(ids_list[i][width_p - prompt_len[i] : width_p])
         units.setdefault(prompt if shared_prefix else i, (prompt, []))[1].append(i)
     sizes = [len(p) + sum(comp_len[i] for i in members) for p, members in units.values()]
     order = sorted(range(len(sizes)), key=lambda u: -sizes[u])  # first-fit decreasing
@@ -101,37 +101,38 @@ def pack_batch(batch, shared_prefix: bool, pack: bool, row_tokens: int = ROW_TOK
         rows[r].append(u)
         free[r] -= sizes[u]
     width = capacity - min(free)  # the widest row actually used
-    shape = (len(rows), width)
-    input_ids = torch.zeros(shape, dtype=torch.long)
-    positions = torch.zeros(shape, dtype=torch.long)
-    segment = torch.full(shape, _NONE, dtype=torch.long)
-    parent = torch.full(shape, _NONE, dtype=torch.long)
-    source = torch.zeros((n, width_c), dtype=torch.long)  # flat position r * L + c predicting token t of n
+    # Filled as Python lists (one tensor each at the end): a micro-batch has tens of samples, not millions.
+    cols: dict[str, list[list[int]]] = {k: [] for k in ("input_ids", "positions", "segment", "parent")}
+    source = [[0] * width_c for _ in range(n)]  # flat position r * L + c that predicts token t of sample n
     unit_list = list(units.values())
     seg_id = 0
     for r, members_of_row in enumerate(rows):
-        col = 0
+        tok, pos, seg, par = [], [], [], []
         for u in members_of_row:
             prompt, members = unit_list[u]
-            p = len(prompt)
-            input_ids[r, col : col + p] = torch.tensor(prompt)
-            positions[r, col : col + p] = torch.arange(p)
-            segment[r, col : col + p] = prompt_seg = seg_id
+            p, prompt_seg = len(prompt), seg_id
+            tok += prompt
+            pos += range(p)
+            seg += [prompt_seg] * p
+            par += [_NONE] * p
+            last_prompt = r * width + len(tok) - 1
             seg_id += 1
-            last_prompt = col + p - 1
-            col += p
             for i in members:
-                c = comp_len[i]
-                input_ids[r, col : col + c] = ids[i, width_p : width_p + c]
-                positions[r, col : col + c] = torch.arange(p, p + c)
-                segment[r, col : col + c] = seg_id
-                parent[r, col : col + c] = prompt_seg
+                c, start = comp_len[i], r * width + len(tok)
+                tok += ids_list[i][width_p : width_p + c]
+                pos += range(p, p + c)
+                seg += [seg_id] * c
+                par += [prompt_seg] * c
                 seg_id += 1
                 # token 0 is predicted by the prompt's last position, token t by the completion's position t - 1
-                if c:
-                    cols = torch.cat([torch.tensor([last_prompt]), torch.arange(col, col + c - 1)])
-                    source[i, :c] = r * width + cols
-                col += c
+                source[i][:c] = [last_prompt, *range(start, start + c - 1)][:c]
+        pad = width - len(tok)
+        for key, row, fill in (("input_ids", tok, 0), ("positions", pos, 0), ("segment", seg, _NONE),
+                               ("parent", par, _NONE)):  # fmt: skip
+            cols[key].append(row + [fill] * pad)
+    input_ids, positions, segment, parent = (torch.tensor(cols[k]) for k in cols)
+    source = torch.tensor(source)  # [N, T]
+    shape = (len(rows), width)
     keep = torch.zeros(shape, dtype=torch.bool)
     valid = batch.completion_mask.cpu().bool()  # [N, T]
     keep.view(-1)[source[valid]] = True
