@@ -186,12 +186,15 @@ def layouts_main(args) -> None:
     result = {"device": _device_name(device), "model_parameters": n_params, "steps": args.steps, "shapes": {}}
     for shape in args.shape:
         prompts, n, prompt_range, max_new = shapes[shape]
+        micro = (
+            4 * n if args.gpu else prompts * n
+        )  # GPU: 4 groups per micro-batch (the padded path's activations)
         cfgs = {name: load_config(None, [f"model.path={model_dir}", f"rollout.n={n}", f"rollout.max_new_tokens={max_new}",
                                          "algo.beta=0.04", "algo.loss_agg=token-mean", "optim.lr=3e-5",
-                                         f"train.micro_batch_size={prompts * n}", f"train.shared_prefix={sp}",
+                                         f"train.micro_batch_size={micro}", f"train.shared_prefix={sp}",
                                          f"train.pack={pk}"]) for name, (sp, pk) in LAYOUTS.items()}  # fmt: skip
         times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
-        tokens = {}
+        tokens, peak = {}, {}
         rng = random.Random(0)
         for step in range(args.steps + 1):  # step 0 warms up
             rollouts = synthetic_rollouts(prompts, n, prompt_range, max_new, vocab, tok.eos_token_id, rng)
@@ -199,6 +202,8 @@ def layouts_main(args) -> None:
             scored = torch.ones(len(rollouts), dtype=torch.bool)
             for name, cfg in cfgs.items():  # back to back on the same rollouts
                 est = make_estimator(cfg, policy, str(model_dir), device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
                 _sync(device)
                 t0 = time.perf_counter()
                 update(cfg, policy, reference, est, optimizer, rollouts, rewards, scored, tok.pad_token_id,
@@ -207,36 +212,41 @@ def layouts_main(args) -> None:
                 if step:
                     times[name].append(time.perf_counter() - t0)
                 tokens[name] = _forward_tokens(rollouts, tok.pad_token_id, device, *LAYOUTS[name])
+                peak[name] = peak_mb(device) if device.type == "cuda" else None
         med = {name: statistics.median(t) for name, t in times.items()}
         real = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
         row = {name: {"update_s": med[name], "speedup_vs_padded": med["padded"] / med[name],
-                      "tokens_in_forward": tokens[name], "all_update_s": times[name]} for name in LAYOUTS}  # fmt: skip
-        if (
-            device.type == "cuda"
-        ):  # forward + backward 6, reference forward 2 FLOPs per parameter per real token
+                      "positions_in_forward": tokens[name][0], "tokens_in_forward": tokens[name][1],
+                      "all_update_s": times[name]} for name in LAYOUTS}  # fmt: skip
+        if device.type == "cuda":  # forward + backward 6, reference forward 2 FLOPs per parameter per token
             for name in LAYOUTS:
-                row[name]["mfu_real_tokens"] = 8 * n_params * real / med[name] / H200_BF16_PEAK
+                # mfu: the tokens this layout computes (a shared prompt once); effective: the plain path's tokens
+                row[name]["mfu"] = 8 * n_params * tokens[name][1] / med[name] / H200_BF16_PEAK
+                row[name]["effective_mfu"] = 8 * n_params * real / med[name] / H200_BF16_PEAK
+                row[name]["peak_memory_mb"] = peak[name]
         result["shapes"][shape] = {"prompts": prompts, "n": n, "prompt_len": prompt_range, "max_new_tokens": max_new,
                                    "real_tokens_last_step": real, "layouts": row}  # fmt: skip
         print(f"\n{shape}: {prompts} prompts x {n}, prompts {prompt_range[0]}-{prompt_range[1]} tokens, "
-              f"completions <= {max_new}\n| layout | median update s | x padded | tokens in forward |\n|---|---|---|---|")  # fmt: skip
+              f"completions <= {max_new}\n| layout | median update s | x padded | positions (tokens) in forward"
+              f" | MFU |\n|---|---|---|---|---|")  # fmt: skip
         for name in LAYOUTS:
             r = row[name]
-            print(
-                f"| {name} | {r['update_s']:.3f} | {r['speedup_vs_padded']:.2f} | {r['tokens_in_forward']} |"
-            )
+            mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+            print(f"| {name} | {r['update_s']:.3f} | {r['speedup_vs_padded']:.2f} | {r['positions_in_forward']} "
+                  f"({r['tokens_in_forward']}) | {mfu} |")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"update_layouts_{'gpu' if device.type == 'cuda' else 'cpu'}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 
 
-def _forward_tokens(rollouts, pad_id, device, shared_prefix, pack) -> int:
-    """Positions (padding included) that one forward over the batch computes in this layout."""
+def _forward_tokens(rollouts, pad_id, device, shared_prefix, pack) -> tuple[int, int]:
+    """(positions with padding, real tokens) that one forward over the whole batch computes in this layout."""
     batch = make_batch(rollouts, pad_id, device, shared_prefix, pack)
     if not (shared_prefix or pack):
-        return batch.input_ids.numel()
-    return pack_batch(batch, shared_prefix, pack).input_ids.numel()
+        return batch.input_ids.numel(), int(batch.attention_mask.sum())
+    layout = pack_batch(batch, shared_prefix, pack)
+    return layout.input_ids.numel(), layout.tokens
 
 
 def _device_name(device: torch.device) -> str:

@@ -9,8 +9,9 @@ back to the padded ``[N, T]`` grid, so losses, masks and advantages stay as they
   tokens form one unit ``[prompt | c1 | c2 | ... | cG]``; each completion attends to the prompt and causally to
   itself, never to its siblings, and its position ids continue from the prompt's length. The prompt is
   computed once, and its gradient receives the sum of all G completions' contributions, as in the padded path.
-- **Packing** (``train.pack``): units (a sample, or a group under ``shared_prefix``) are packed first-fit into
-  rows as wide as the widest unit, with no padding between them; a block-diagonal mask keeps them apart.
+- **Packing** (``train.pack``): units (a sample, or a group under ``shared_prefix``) are packed first-fit
+  decreasing into rows as wide as the widest unit, with no padding between them; a block-diagonal mask keeps them
+  apart. Without it each unit has its own row, padded at the end to the widest.
 
 The mask is a 4D ``[R, 1, L, L]`` tensor handed to the model as is (transformers' masking utils pass a 4D mask
 through): boolean for sdpa, additive float for eager. Flash-attention kernels take no such mask, so these layouts
@@ -26,7 +27,6 @@ import torch
 
 from reasoner.algo import entropy_from_logits
 
-ROW_TOKENS = 256  # packed rows are this wide, or as wide as the widest unit
 _NONE = -1  # segment id of padding; parent id of a segment that attends to nothing else
 
 
@@ -74,7 +74,7 @@ class PackedLayout:
         return kept[self.index]
 
 
-def pack_batch(batch, shared_prefix: bool, pack: bool, row_tokens: int = ROW_TOKENS) -> PackedLayout:
+def pack_batch(batch, shared_prefix: bool, pack: bool) -> PackedLayout:
     """The layout of a ``RolloutBatch``; see the module docstring. Built on the CPU, returned on the batch's device."""
     width_p = batch.prompt_width
     ids_list = batch.input_ids.tolist()
@@ -89,7 +89,9 @@ def pack_batch(batch, shared_prefix: bool, pack: bool, row_tokens: int = ROW_TOK
         units.setdefault(prompt if shared_prefix else i, (prompt, []))[1].append(i)
     sizes = [len(p) + sum(comp_len[i] for i in members) for p, members in units.values()]
     order = sorted(range(len(sizes)), key=lambda u: -sizes[u])  # first-fit decreasing
-    capacity = max(max(sizes), row_tokens if pack else 0)
+    # Rows as wide as the widest unit: every row is padded to the widest one, and dense attention over a row
+    # costs its width squared, so a wider row would buy less padding with more attention (measured: slower).
+    capacity = max(sizes)
     rows: list[list[int]] = []
     free: list[int] = []
     for u in order:
@@ -159,6 +161,11 @@ def packed_logprobs(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = logits.reshape(-1, logits.shape[-1])  # [K, V]
+    if logits.shape[0] != layout.keep.sum():
+        raise ValueError(
+            f"the model returned {logits.shape[0]} rows of logits for {int(layout.keep.sum())} kept positions: it "
+            "does not take a boolean logits_to_keep; set train.shared_prefix=false and train.pack=false"
+        )
     chunks = logits.split(1024)
     lse = torch.cat([torch.logsumexp(c.float() / temperature, dim=-1) for c in chunks])  # [K]
     picked = logits[layout.index, token_ids].float() / temperature  # [N, T]

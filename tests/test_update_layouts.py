@@ -172,3 +172,22 @@ def test_flash_attention_is_refused_with_the_fix_named(tiny):
     batch = make_batch(_rollouts(tokenizer), tokenizer.pad_token_id, shared_prefix=True)
     with pytest.raises(ValueError, match="model.attn_implementation=sdpa"):
         sequence_logprobs(policy, batch, 1.0)
+
+
+def test_a_grouped_query_qwen2_model_gives_the_same_logprobs(tiny, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _, tokenizer = tiny
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    policy = load_policy(str(tmp_path), "float32", CPU, "sdpa")
+    rollouts = _rollouts(tokenizer, seed=1)
+    real = make_batch(rollouts, tokenizer.pad_token_id).completion_mask.bool()
+    with torch.no_grad():
+        want, _ = sequence_logprobs(policy, make_batch(rollouts, tokenizer.pad_token_id), 1.0)
+        got, _ = sequence_logprobs(
+            policy, make_batch(rollouts, tokenizer.pad_token_id, shared_prefix=True), 1.0
+        )
+    torch.testing.assert_close(got[real], want[real], rtol=0, atol=1e-5)
