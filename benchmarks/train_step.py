@@ -8,10 +8,12 @@ before every update, so the on-policy fast path is measured as a ratio, not as a
 ``--layouts`` times the update phase alone (policy forward/backward, reference forward, optimizer step) in each
 forward layout of reasoner/layout.py, back to back in one process on the same synthetic rollouts: padded (the
 plain path), packed, shared-prefix, and both. Shapes: ``issue`` (8 prompts x 8 completions, prompts ~60 tokens,
-completions <= 16, some EOS-ended, some truncated, some empty) and ``long`` (prompts ~400, completions <= 32).
+completions <= 16, some EOS-ended, some truncated, some one token long), ``long`` (prompts ~400, completions
+<= 32) and ``mixed`` (prompts 20-200, completions <= 64: lengths that vary, where packing has padding to remove).
+Results of the shapes run are merged into benchmarks/results/update_layouts_{cpu,gpu}.json.
 
     python benchmarks/train_step.py [--steps 5] [--gpu]
-    python benchmarks/train_step.py --layouts [--steps 7] [--shape issue long] [--gpu]
+    python benchmarks/train_step.py --layouts [--steps 7] [--shape issue long mixed] [--memory] [--gpu]
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 import random
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,8 +64,12 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true")
     ap.add_argument("--model", default="runs/tiny-model")
     ap.add_argument("--layouts", action="store_true", help="time the update in each forward layout")
-    ap.add_argument("--shape", nargs="+", default=["issue", "long"], choices=sorted(SHAPES))
+    ap.add_argument("--shape", nargs="+", default=["issue", "long", "mixed"], choices=sorted(SHAPES))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (CPU runs)")
+    ap.add_argument(
+        "--memory", action="store_true", help="--layouts on CPU: peak RSS of each layout on its own"
+    )
+    ap.add_argument("--only", choices=sorted(LAYOUTS), help=argparse.SUPPRESS)  # one layout, for --memory
     args = ap.parse_args()
     if args.layouts:
         return layouts_main(args)
@@ -138,8 +146,12 @@ def main() -> None:
 
 
 # (prompts, completions per prompt, prompt length range, max completion tokens)
-SHAPES = {"issue": (8, 8, (50, 70), 16), "long": (8, 8, (380, 420), 32)}
-GPU_SHAPES = {"issue": (16, 8, (50, 70), 256), "long": (16, 8, (380, 420), 256)}
+SHAPES = {"issue": (8, 8, (50, 70), 16), "long": (8, 8, (380, 420), 32), "mixed": (8, 8, (20, 200), 64)}
+GPU_SHAPES = {
+    "issue": (16, 8, (50, 70), 256),
+    "long": (16, 8, (380, 420), 256),
+    "mixed": (16, 8, (20, 400), 512),
+}
 LAYOUTS = {
     "padded": (False, False),
     "packed": (False, True),
@@ -186,14 +198,13 @@ def layouts_main(args) -> None:
     result = {"device": _device_name(device), "model_parameters": n_params, "steps": args.steps, "shapes": {}}
     for shape in args.shape:
         prompts, n, prompt_range, max_new = shapes[shape]
-        micro = (
-            4 * n if args.gpu else prompts * n
-        )  # GPU: 4 groups per micro-batch (the padded path's activations)
+        micro = 4 * n if args.gpu else prompts * n  # GPU: 4 groups per micro-batch (padded activations)
         cfgs = {name: load_config(None, [f"model.path={model_dir}", f"rollout.n={n}", f"rollout.max_new_tokens={max_new}",
                                          "algo.beta=0.04", "algo.loss_agg=token-mean", "optim.lr=3e-5",
                                          f"train.micro_batch_size={micro}", f"train.shared_prefix={sp}",
-                                         f"train.pack={pk}"]) for name, (sp, pk) in LAYOUTS.items()}  # fmt: skip
-        times: dict[str, list[float]] = {name: [] for name in LAYOUTS}
+                                         f"train.pack={pk}"]) for name, (sp, pk) in LAYOUTS.items()
+                if args.only in (None, name)}  # fmt: skip
+        times: dict[str, list[float]] = {name: [] for name in cfgs}
         tokens, peak = {}, {}
         rng = random.Random(0)
         for step in range(args.steps + 1):  # step 0 warms up
@@ -214,10 +225,16 @@ def layouts_main(args) -> None:
                 tokens[name] = _forward_tokens(rollouts, tok.pad_token_id, device, *LAYOUTS[name])
                 peak[name] = peak_mb(device) if device.type == "cuda" else None
         med = {name: statistics.median(t) for name, t in times.items()}
+        if args.only:  # a child of --memory: its peak RSS is the figure
+            print(json.dumps({"update_s": med[args.only], "peak_rss_mb": peak_mb(device)}))
+            continue
         real = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
         row = {name: {"update_s": med[name], "speedup_vs_padded": med["padded"] / med[name],
                       "positions_in_forward": tokens[name][0], "tokens_in_forward": tokens[name][1],
                       "all_update_s": times[name]} for name in LAYOUTS}  # fmt: skip
+        if args.memory and device.type == "cpu":  # RSS never goes down: one process per layout
+            for name in LAYOUTS:
+                row[name]["peak_rss_mb"] = _peak_rss_alone(args, shape, name)
         if device.type == "cuda":  # forward + backward 6, reference forward 2 FLOPs per parameter per token
             for name in LAYOUTS:
                 # mfu: the tokens this layout computes (a shared prompt once); effective: the plain path's tokens
@@ -228,14 +245,19 @@ def layouts_main(args) -> None:
                                    "real_tokens_last_step": real, "layouts": row}  # fmt: skip
         print(f"\n{shape}: {prompts} prompts x {n}, prompts {prompt_range[0]}-{prompt_range[1]} tokens, "
               f"completions <= {max_new}\n| layout | median update s | x padded | positions (tokens) in forward"
-              f" | MFU |\n|---|---|---|---|---|")  # fmt: skip
+              f" | peak memory MB | MFU |\n|---|---|---|---|---|---|")  # fmt: skip
         for name in LAYOUTS:
             r = row[name]
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+            mem = r.get("peak_rss_mb", r.get("peak_memory_mb"))
             print(f"| {name} | {r['update_s']:.3f} | {r['speedup_vs_padded']:.2f} | {r['positions_in_forward']} "
-                  f"({r['tokens_in_forward']}) | {mfu} |")  # fmt: skip
+                  f"({r['tokens_in_forward']}) | {'-' if mem is None else round(mem)} | {mfu} |")  # fmt: skip
+    if args.only:
+        return
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"update_layouts_{'gpu' if device.type == 'cuda' else 'cpu'}.json"
+    if out.exists():  # keep the shapes this run did not measure
+        result["shapes"] = json.loads(out.read_text()).get("shapes", {}) | result["shapes"]
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 
@@ -247,6 +269,14 @@ def _forward_tokens(rollouts, pad_id, device, shared_prefix, pack) -> tuple[int,
         return batch.input_ids.numel(), int(batch.attention_mask.sum())
     layout = pack_batch(batch, shared_prefix, pack)
     return layout.input_ids.numel(), layout.tokens
+
+
+def _peak_rss_alone(args, shape: str, name: str) -> float:
+    """Peak RSS (MB) of a fresh process that loads the models and runs 2 updates in one layout."""
+    cmd = [sys.executable, __file__, "--layouts", "--only", name, "--shape", shape, "--steps", "2",
+           "--model", args.model, "--threads", str(args.threads)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
 
 def _device_name(device: torch.device) -> str:

@@ -36,9 +36,7 @@ class PackedLayout:
     position_ids: torch.Tensor  # [R, L]
     segment: torch.Tensor  # [R, L] long: the segment of each token (a prompt or a completion), -1 on padding
     parent: torch.Tensor  # [R, L] long: the segment a token may attend to besides its own (its prompt), or -1
-    keep: (
-        torch.Tensor
-    )  # [R, L] bool: positions whose output predicts a completion token (row-major order = K)
+    keep: torch.Tensor  # [R, L] bool: positions predicting a completion token (K of them, row-major)
     index: torch.Tensor  # [N, T] long: row of the [K, ...] kept outputs for completion token t of sample n
 
     @property
@@ -60,9 +58,7 @@ class PackedLayout:
         same = seg[:, :, None] == seg[:, None, :]  # [R, L, L]
         prompt = par[:, :, None] == seg[:, None, :]  # [R, L, L]
         allowed = causal & (seg[:, None, :] >= 0) & (same | prompt)
-        allowed |= torch.eye(
-            length, dtype=torch.bool, device=seg.device
-        )  # a padding query sees itself: no NaN
+        allowed |= torch.eye(length, dtype=torch.bool, device=seg.device)  # padding sees itself: no NaN
         allowed = allowed[:, None]  # [R, 1, L, L]
         if impl == "sdpa":
             return allowed

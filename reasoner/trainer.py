@@ -419,6 +419,10 @@ def _check_algo(cfg: Config) -> None:
                           f"(0 = off), got {cfg.algo.overlong_buffer}")  # fmt: skip
     if cfg.algo.refill_rounds < 0:
         raise ConfigError(f"algo.refill_rounds must be >= 0 (0 = no refill), got {cfg.algo.refill_rounds}")
+    attn = cfg.model.attn_implementation or ""
+    if attn.startswith("flash") and (cfg.train.shared_prefix or cfg.train.pack):
+        raise ConfigError(f"train.shared_prefix and train.pack need an attention that takes a 4D mask, not "
+                          f"model.attn_implementation={attn}: use sdpa or eager, or set both to false")  # fmt: skip
 
 
 def _any_rank(flag: bool, world) -> bool:

@@ -191,3 +191,13 @@ def test_a_grouped_query_qwen2_model_gives_the_same_logprobs(tiny, tmp_path):
             policy, make_batch(rollouts, tokenizer.pad_token_id, shared_prefix=True), 1.0
         )
     torch.testing.assert_close(got[real], want[real], rtol=0, atol=1e-5)
+
+
+def test_a_flash_attention_config_is_refused_before_anything_loads():
+    from reasoner.config import ConfigError
+    from reasoner.trainer import _check_algo
+
+    _check_algo(load_config(None, ["model.attn_implementation=flash_attention_2", "train.shared_prefix=false",
+                                   "train.pack=false"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="train.shared_prefix and train.pack"):
+        _check_algo(load_config(None, ["model.attn_implementation=flash_attention_2"]))
