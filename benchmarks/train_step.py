@@ -55,6 +55,11 @@ def _sync(device: torch.device) -> None:
 def peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():  # VmHWM starts afresh at exec; ru_maxrss keeps the parent's peak across fork + exec
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -110,7 +115,7 @@ def main() -> None:
         _sync(device)
         t3 = time.perf_counter()
         with torch.no_grad():  # the pass the on-policy path saves: old log-probs before the update
-            batch = make_batch(rollouts, tok.pad_token_id, device)
+            batch = make_batch(rollouts, tok.pad_token_id, device, cfg.train.shared_prefix, cfg.train.pack)
             for i in range(0, len(batch), cfg.train.micro_batch_size):
                 sequence_logprobs(policy, batch.select(slice(i, i + cfg.train.micro_batch_size)), 1.0)
         _sync(device)
