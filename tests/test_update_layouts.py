@@ -88,7 +88,7 @@ def test_a_completion_attends_to_its_prompt_and_itself_only(tiny):
     rollouts = _rollouts(tokenizer, groups=1, n=4)[:3]  # EOS-ended, truncated, one token
     layout = pack_batch(make_batch(rollouts, tokenizer.pad_token_id), shared_prefix=True, pack=False)
     p = len(rollouts[0].prompt_ids)
-    mask = layout.attention_mask(torch.nn.Module(), torch.float32)[0, 0]  # no config: sdpa's boolean mask
+    mask = layout.attention_mask(torch.nn.Module(), torch.float32)[0, 0] == 0  # additive: 0 = may attend
     c1, c2 = len(rollouts[0].completion_ids), len(rollouts[1].completion_ids)
     second = p + c1  # the second completion's first column
     assert mask[second, :p].all() and not mask[second, p:second].any() and mask[second, second]
