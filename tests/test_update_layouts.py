@@ -20,11 +20,8 @@ from reasoner.rollout import Rollout
 from reasoner.trainer import update
 
 CPU = torch.device("cpu")
-LAYOUTS = [
-    (False, True),
-    (True, False),
-    (True, True),
-]  # (shared_prefix, pack); (False, False) is the reference
+# (shared_prefix, pack); (False, False), the plain padded path, is the reference
+LAYOUTS = [(False, True), (True, False), (True, True)]
 IDS = ["packed", "shared", "shared+packed"]
 
 
@@ -81,6 +78,16 @@ def test_shared_prefix_computes_each_prompt_once(tiny):
     assert layout.keep.sum() == completions - sum(len(r.completion_ids) > 0 for r in rollouts) + 3
     padded = make_batch(rollouts, tokenizer.pad_token_id)
     assert layout.input_ids.numel() < padded.input_ids.numel() / 2
+
+
+def test_packing_shares_rows_between_samples_without_padding_between_them(tiny):
+    _, tokenizer = tiny
+    rollouts = _rollouts(tokenizer)  # the batch the equivalence tests use: packing must really pack it
+    layout = pack_batch(make_batch(rollouts, tokenizer.pad_token_id), shared_prefix=False, pack=True)
+    assert layout.input_ids.shape[0] < len(rollouts)
+    assert layout.tokens == sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
+    seg = layout.segment
+    assert ((seg[:, 1:] >= 0) <= (seg[:, :-1] >= 0)).all()  # padding only at the end of a row
 
 
 def test_a_completion_attends_to_its_prompt_and_itself_only(tiny):
