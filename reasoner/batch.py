@@ -10,11 +10,12 @@ column ``prompt_width`` and the model only has to produce logits for the last ``
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from reasoner.algo import entropy_from_logits, token_logprobs
+from reasoner.layout import layout_inputs, pack_batch, packed_logprobs
 from reasoner.rollout.base import Rollout
 
 
@@ -24,6 +25,9 @@ class RolloutBatch:
     attention_mask: torch.Tensor  # [N, P + T]
     completion_mask: torch.Tensor  # [N, T] float, 1 on generated tokens
     prompt_width: int  # P
+    # how the model sees the rows (reasoner/layout.py); outputs always come back on this padded grid
+    shared_prefix: bool = False
+    pack: bool = False
 
     @property
     def completion_ids(self) -> torch.Tensor:  # [N, T]
@@ -33,12 +37,21 @@ class RolloutBatch:
         return self.input_ids.shape[0]
 
     def select(self, idx: torch.Tensor | slice) -> RolloutBatch:
-        return RolloutBatch(
-            self.input_ids[idx], self.attention_mask[idx], self.completion_mask[idx], self.prompt_width
+        return replace(
+            self,
+            input_ids=self.input_ids[idx],
+            attention_mask=self.attention_mask[idx],
+            completion_mask=self.completion_mask[idx],
         )
 
 
-def make_batch(rollouts: list[Rollout], pad_id: int, device: torch.device | str = "cpu") -> RolloutBatch:
+def make_batch(
+    rollouts: list[Rollout],
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    shared_prefix: bool = False,
+    pack: bool = False,
+) -> RolloutBatch:
     width_p = max(len(r.prompt_ids) for r in rollouts)
     width_c = max(1, max(len(r.completion_ids) for r in rollouts))
     ids = torch.full((len(rollouts), width_p + width_c), pad_id, dtype=torch.long)
@@ -48,7 +61,8 @@ def make_batch(rollouts: list[Rollout], pad_id: int, device: torch.device | str 
         ids[i, width_p - p : width_p] = torch.tensor(r.prompt_ids)
         ids[i, width_p : width_p + c] = torch.tensor(r.completion_ids, dtype=torch.long)
         attn[i, width_p - p : width_p + c] = 1
-    return RolloutBatch(ids.to(device), attn.to(device), attn[:, width_p:].float().to(device), width_p)
+    completion_mask = attn[:, width_p:].float().to(device)
+    return RolloutBatch(ids.to(device), attn.to(device), completion_mask, width_p, shared_prefix, pack)
 
 
 def autocast(device: torch.device):
@@ -59,7 +73,16 @@ def autocast(device: torch.device):
 def sequence_logprobs(
     model: torch.nn.Module, batch: RolloutBatch, temperature: float, with_entropy: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs [N, T] of the completion under ``model`` at the sampling temperature (and entropy)."""
+    """Per-token log-probs [N, T] of the completion under ``model`` at the sampling temperature (and entropy).
+
+    With ``batch.shared_prefix`` or ``batch.pack`` the model sees the layout of reasoner/layout.py; the result
+    is the same [N, T] grid (equal to float tolerance on real tokens; padding holds finite filler).
+    """
+    if batch.shared_prefix or batch.pack:
+        layout = pack_batch(batch, batch.shared_prefix, batch.pack)
+        with autocast(batch.input_ids.device):
+            logits = model(**layout_inputs(model, layout)).logits  # [K, V]
+        return packed_logprobs(logits, layout, batch.completion_ids, temperature, with_entropy)
     width_c = batch.completion_mask.shape[1]
     # Position ids count real tokens only, exactly as generate() numbered them under left padding.
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)

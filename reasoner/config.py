@@ -168,6 +168,9 @@ class TrainConfig:
     tensorboard: bool = True
     cpu_threads: int = 0  # torch threads on CPU; 0 = torch's default. 1 avoids OpenMP spin-waits when reward
     # workers or other jobs share the cores (measured here: 2 threads ran 4x slower than 1 under contention)
+    # the update's forward layout (reasoner/layout.py); both false = the plain padded rows, kept as the reference
+    shared_prefix: bool = True  # a group's prompt computed once, its G completions attending to it
+    pack: bool = True  # rows packed without padding (block-diagonal attention)
 
 
 @dataclass

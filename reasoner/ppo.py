@@ -5,7 +5,8 @@ into per-token advantages and trains the critic:
 
 - **Critic.** A transformer backbone (``AutoModel`` from ``algo.critic_model``, or the policy's starting
   weights) and a scalar head. Its values sit at the same columns as ``sequence_logprobs``: the hidden state
-  at column ``P + t - 1`` values the state *before* completion token ``t`` is chosen.
+  at column ``P + t - 1`` values the state *before* completion token ``t`` is chosen. It reads the batch in
+  the same layout as the policy (``train.shared_prefix``, ``train.pack``; reasoner/layout.py).
 - **Token rewards.** The outcome reward lands on the last real completion token. With ``algo.kl_in_reward``
   (classic RLHF) every token also pays ``beta * kl_t`` (estimator ``algo.kl_estimator``) and the trainer
   leaves the KL out of the loss; otherwise the trainer adds it to the loss as in GRPO.
@@ -40,6 +41,7 @@ from reasoner.algo import gae, kl_penalty, value_loss, whiten
 from reasoner.batch import RolloutBatch, autocast
 from reasoner.distributed import DistInfo, all_reduce_sum, wrap_ddp, wrap_fsdp
 from reasoner.estimators import ESTIMATORS
+from reasoner.layout import layout_inputs, pack_batch
 from reasoner.lora import add_lora, enabled
 from reasoner.models import resolve_dtype
 
@@ -75,6 +77,14 @@ class Critic(nn.Module):
         return cls(backbone).to(device)
 
     def forward(self, batch: RolloutBatch) -> torch.Tensor:
+        if batch.shared_prefix or batch.pack:  # the policy's layout: values gathered back to [N, T]
+            layout = pack_batch(batch, batch.shared_prefix, batch.pack)
+            inputs = layout_inputs(self.backbone, layout)
+            keep = inputs.pop("logits_to_keep")
+            with autocast(batch.input_ids.device):
+                hidden = self.backbone(**inputs).last_hidden_state[keep]  # [K, H]
+                values = self.head(hidden).squeeze(-1)  # [K]
+            return layout.gather(values).float()  # [N, T]
         width_c = batch.completion_mask.shape[1]  # T
         p = batch.prompt_width  # P
         positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)  # as sequence_logprobs numbers them

@@ -440,6 +440,10 @@ def _check_algo(cfg: Config) -> None:
     check_lora(cfg.model.lora)
     if cfg.algo.refill_rounds < 0:
         raise ConfigError(f"algo.refill_rounds must be >= 0 (0 = no refill), got {cfg.algo.refill_rounds}")
+    attn = cfg.model.attn_implementation or ""
+    if attn.startswith("flash") and (cfg.train.shared_prefix or cfg.train.pack):
+        raise ConfigError(f"train.shared_prefix and train.pack need an attention that takes a 4D mask, not "
+                          f"model.attn_implementation={attn}: use sdpa or eager, or set both to false")  # fmt: skip
 
 
 def _any_rank(flag: bool, world) -> bool:
@@ -458,7 +462,7 @@ def update(
     ``algo.loss_agg=token-mean`` then divides by the token count of every rank's share, not this rank's.
     """
     ac = cfg.algo
-    batch = make_batch(rollouts, pad_id, device)
+    batch = make_batch(rollouts, pad_id, device, cfg.train.shared_prefix, cfg.train.pack)
     keep = scored.clone()  # [N] samples that take part in the loss
     if ac.mask_truncated:
         keep &= torch.tensor([r.finish_reason == "stop" for r in rollouts], device=device)
