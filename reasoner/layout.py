@@ -176,7 +176,7 @@ def layout_inputs(model: torch.nn.Module, layout: PackedLayout) -> dict:
     """Keyword arguments for a transformers causal LM (or its backbone: drop ``logits_to_keep``)."""
     # the dtype of the attention scores: autocast's on CUDA, else the weights' (a reference may load in bf16)
     cuda = layout.input_ids.device.type == "cuda"
-    dtype = torch.bfloat16 if cuda else next(model.parameters()).dtype
+    dtype = torch.bfloat16 if cuda else getattr(model, "module", model).dtype  # DDP: the wrapped model's
     return {
         "input_ids": layout.input_ids,
         "attention_mask": layout.attention_mask(model, dtype),

@@ -146,6 +146,14 @@ class AdaptersOff:
             raise TypeError("AdaptersOff needs a peft model (the policy with model.lora.r > 0)")
         self.policy = policy
 
+    @property
+    def config(self):  # what callers read of a model: its config (attention implementation) and dtype
+        return self.policy.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.policy.dtype
+
     def __call__(self, *args, **kwargs):
         with self.policy.disable_adapter():
             return self.policy(*args, **kwargs)
