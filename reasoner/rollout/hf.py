@@ -1,6 +1,9 @@
-"""Rollouts with transformers ``generate``: batched, left-padded, KV-cached, seeded. CPU and GPU.
+"""Rollouts with transformers models: batched, left-padded, KV-cached, seeded. CPU and GPU.
 
-The engine shares the policy module with the trainer, so ``sync_weights`` has nothing to copy.
+Two samplers: ``fast`` (the default) prefills each prompt once and decodes its ``n`` samples from copies of its
+cache (reasoner.rollout.sampler); ``generate`` is transformers' ``generate(num_return_sequences=n)``, kept as the
+reference the fast one is tested against. The engine shares the policy module with the trainer, so
+``sync_weights`` has nothing to copy.
 """
 
 from __future__ import annotations
@@ -10,13 +13,18 @@ from dataclasses import replace
 import torch
 
 from reasoner.rollout.base import Rollout, SamplingParams
+from reasoner.rollout.sampler import prefill_once_sample
+
+SAMPLERS = ("fast", "generate")
 
 
 class HFEngine:
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256):
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int = 256, sampler: str = "fast"):
         if tokenizer.padding_side != "left":
             raise ValueError("HFEngine needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        self.model, self.tokenizer, self.batch_size, self.sampler = model, tokenizer, batch_size, sampler
 
     @torch.no_grad()
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Rollout]:
@@ -25,39 +33,30 @@ class HFEngine:
         ):  # greedy samples are identical: decode once, copy n times
             once = self.generate(prompts, replace(params, n=1))
             return [replace(r, completion_ids=list(r.completion_ids)) for r in once for _ in range(params.n)]
-        if params.seed is not None:
+        generator = None  # fast: its own seeded stream; generate: torch's global one, seeded here
+        if params.seed is not None and self.sampler == "fast":
+            generator = torch.Generator(self.model.device).manual_seed(params.seed)
+        elif params.seed is not None:
             torch.manual_seed(params.seed)
         per_call = max(1, self.batch_size // params.n)
         out: list[Rollout] = []
         for start in range(0, len(prompts), per_call):
-            out += self._generate(prompts[start : start + per_call], params, offset=start)
+            out += self._generate(prompts[start : start + per_call], params, start, generator)
         return out
 
-    def _generate(self, prompts: list[str], params: SamplingParams, offset: int) -> list[Rollout]:
+    def _generate(self, prompts: list[str], params: SamplingParams, offset: int, generator) -> list[Rollout]:
         tok, model = self.tokenizer, self.model
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        greedy = params.temperature == 0
         was_training = model.training
         model.eval()
         try:
-            seqs = model.generate(
-                **enc,
-                max_new_tokens=params.max_new_tokens,
-                do_sample=not greedy,
-                temperature=None if greedy else params.temperature,
-                top_p=None if greedy else params.top_p,
-                top_k=None,
-                num_return_sequences=params.n,
-                pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
-            )
+            completions = self._decode(enc, params, generator)  # [len(prompts) * n, <= max_new_tokens]
         finally:
             model.train(was_training)
-        width = enc["input_ids"].shape[1]
         prompt_rows = enc["input_ids"].repeat_interleave(params.n, dim=0).tolist()
         mask_rows = enc["attention_mask"].repeat_interleave(params.n, dim=0).tolist()
         rollouts = []
-        for i, row in enumerate(seqs[:, width:].tolist()):
+        for i, row in enumerate(completions.tolist()):
             if tok.eos_token_id in row:
                 completion, finish = row[: row.index(tok.eos_token_id) + 1], "stop"
             else:
@@ -73,6 +72,27 @@ class HFEngine:
                 )
             )
         return rollouts
+
+    def _decode(self, enc, params: SamplingParams, generator) -> torch.Tensor:
+        tok, greedy = self.tokenizer, params.temperature == 0
+        if self.sampler == "fast":
+            return prefill_once_sample(
+                self.model, enc["input_ids"], enc["attention_mask"], n=params.n,
+                max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=generator,
+            )  # fmt: skip
+        seqs = self.model.generate(
+            **enc,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else params.temperature,
+            top_p=None if greedy else params.top_p,
+            top_k=None,
+            num_return_sequences=params.n,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        return seqs[:, enc["input_ids"].shape[1] :]
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:

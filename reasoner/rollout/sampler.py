@@ -1,0 +1,154 @@
+"""A decode loop for GRPO-shaped rollouts: prefill each prompt once, decode its ``n`` samples from copies of its cache.
+
+``model.generate(num_return_sequences=n)`` repeats every prompt ``n`` times *before* the prefill, so a group of 8
+pays for its prompt 8 times, and its loop runs logits processors, stopping criteria and cache bookkeeping around
+every token. Here the prefill runs on the unique prompts ``[B, L]``, the KV cache is repeated n-fold
+(``repeat_interleave`` on the batch dimension, so row ``i * n + j`` is sample ``j`` of prompt ``i``, the engine's
+prompt-major order), and each step is one forward on ``[rows, 1]`` plus temperature / top-p sampling written
+out by hand. Rows that reach EOS leave the batch (their cache rows are dropped), and the loop ends when none is
+left. Left padding and position ids follow ``generate`` exactly, so greedy outputs are the same token for
+token; sampling draws from the same distribution (not the same random stream) and is reproducible from a seed
+through its own ``torch.Generator``, leaving torch's global RNG alone.
+
+``generate`` stays the reference path (``rollout.sampler = "generate"``); tests/rollout/test_sampler.py checks
+the two agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+
+@torch.no_grad()
+def prefill_once_sample(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L] left-padded prompts
+    attention_mask: torch.Tensor,  # [B, L]
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,  # 0 = greedy
+    top_p: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    forward_args = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # [B, L] as generate's
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                **{cache_arg: cache}, **last_only)  # fmt: skip
+    # the prompt's cache, copied for each of its samples into buffers with room for the whole completion
+    preallocate(cache, n, max_new_tokens - 1)
+    logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # [B*n, V]
+    attention_mask = torch.cat(
+        [attention_mask, attention_mask.new_ones(attention_mask.shape[0], max_new_tokens - 1)], dim=1
+    ).repeat_interleave(n, dim=0)  # [B*n, L + T - 1]: column L + t is read from step t on
+    width = input_ids.shape[1]
+    position = positions[:, -1:].repeat_interleave(n, dim=0)  # [A, 1]
+    rows = torch.arange(logits.shape[0], device=logits.device)  # [A] the output row of each live row
+    tokens = torch.full(
+        (logits.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=logits.device
+    )
+    live = torch.ones_like(rows, dtype=torch.bool)  # [A] rows that have not produced EOS yet
+    for t in range(max_new_tokens):
+        nxt = pick(logits, temperature, top_p, generator)  # [A]
+        tokens[rows, t] = torch.where(live, nxt, pad_token_id)
+        live = live & (nxt != eos_token_id)
+        if t == max_new_tokens - 1:
+            break
+        dead = len(rows) - int(live.sum())
+        if dead == len(rows):
+            break
+        # Finished rows need no more forwards, but dropping them copies the whole cache: do it once a quarter of
+        # the batch has finished (on long prompts a copy per finished row costs more than it saves).
+        if dead * 4 >= len(rows):
+            keep = live.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, nxt, attention_mask, position = rows[keep], nxt[keep], attention_mask[keep], position[keep]
+            live = live[keep]
+        position = position + 1
+        out = model(input_ids=nxt[:, None], attention_mask=attention_mask[:, : width + t + 1],
+                    position_ids=position, use_cache=True, **{cache_arg: cache})  # fmt: skip
+        logits = out.logits[:, -1].float()
+    return tokens
+
+
+def pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row of ``logits [A, V]``: argmax at temperature 0, else a sample from
+    softmax(logits / temperature) restricted to the top-p nucleus (transformers' ``TopPLogitsWarper`` rule: drop
+    the tokens whose ascending cumulative probability is <= 1 - top_p, always keeping the most likely one)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    scores = logits / temperature
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1)  # ascending
+        drop = sorted_scores.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def preallocate(cache, n: int, extra: int) -> None:
+    """Repeat each row of a prefilled ``DynamicCache`` ``n`` times, into buffers ``extra`` positions longer, so that
+    each decode step writes its keys and values in place instead of concatenating the whole cache
+    (``torch.cat`` copies all of it, every step: most of the decode time on long prompts). Layers of other kinds
+    (sliding windows) are only repeated."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[i] = SlottedLayer(layer.keys, layer.values, n, extra)
+        else:
+            layer.batch_repeat_interleave(n)
+
+
+class SlottedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views of preallocated ``[A, heads, L + extra, dim]``
+    buffers; ``update`` writes the new positions into the next free slots."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int, extra: int):
+        super().__init__()
+        self.device, self.is_initialized, self.length = keys.device, True, keys.shape[-2]
+        self.key_buffer, self.value_buffer = (_repeat_into(x, n, extra) for x in (keys, values))
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            raise RuntimeError(f"SlottedLayer is full: {end} > {self.key_buffer.shape[-2]} positions")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self._views()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+        self._views()
+
+
+def _repeat_into(x: torch.Tensor, n: int, extra: int) -> torch.Tensor:
+    """``x [B, H, L, D]`` -> ``[B * n, H, L + extra, D]``: row ``i * n + j`` holds ``x[i]`` in its first L slots."""
+    b, h, length, d = x.shape
+    buffer = x.new_empty(b, n, h, length + extra, d)
+    buffer[:, :, :, :length] = x[:, None]
+    return buffer.view(b * n, h, length + extra, d)
