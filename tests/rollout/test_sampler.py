@@ -73,6 +73,18 @@ def test_greedy_matches_generate_on_mixed_prompt_lengths(peaked, tokenizer):
         assert fast(*args).tolist() == reference_generate(*args, do_sample=False).tolist()
 
 
+def test_each_sample_continues_its_own_prompts_cache(peaked, tokenizer):
+    """n samples per prompt at a temperature near 0 are the prompt's greedy completion: a cache copied in the
+    wrong order (sample j of prompt i reading another prompt's keys) gives another prompt's text."""
+    enc = encode(tokenizer, MIXED)
+    args = (peaked, enc)
+    with torch.no_grad():
+        greedy = fast(*args, 1, 10, -1, tokenizer.pad_token_id)
+        cold = fast(*args, 3, 10, -1, tokenizer.pad_token_id, temperature=1e-4, seed=0)
+    assert len({tuple(r) for r in greedy.tolist()}) == len(MIXED), "the prompts need different completions"
+    assert cold.tolist() == greedy.repeat_interleave(3, dim=0).tolist()
+
+
 def test_greedy_matches_generate_when_rows_stop_at_eos_at_different_steps(peaked, tokenizer):
     """With a frequent token as EOS, rows finish early and leave the batch (the cache is compacted): the
     survivors' tokens must not change, and finished rows are padded after their EOS like generate's."""
