@@ -17,10 +17,13 @@ the two agree.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from reasoner.rollout.prefix_attention import SharedPrefix, SuffixLayer, shared_prefix_attention_in
 
 
 @torch.no_grad()
@@ -36,6 +39,7 @@ def prefill_once_sample(
     eos_token_id: int,
     pad_token_id: int,
     generator: torch.Generator | None = None,
+    share_prefix: bool | None = None,  # None: when n > 1 and every cache layer is a plain one
 ) -> torch.Tensor:
     """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS."""
     if max_new_tokens < 1:
@@ -47,8 +51,19 @@ def prefill_once_sample(
     cache = DynamicCache(config=model.config)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                 **{cache_arg: cache}, **last_only)  # fmt: skip
-    # the prompt's cache, copied for each of its samples into buffers with room for the whole completion
-    preallocate(cache, n, max_new_tokens - 1)
+    plain = all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
+    share_prefix = n > 1 and plain if share_prefix is None else share_prefix
+    if share_prefix and not plain:
+        raise ValueError("share_prefix needs a model whose cache layers are all plain DynamicLayers")
+    prefix, unit = None, 1  # unit: rows that leave the batch together (a prompt's n rows when they share it)
+    if share_prefix:
+        prefix = SharedPrefix([x.keys for x in cache.layers], [x.values for x in cache.layers],
+                              attention_mask.bool())  # fmt: skip
+        cache.layers = [SuffixLayer(len(input_ids) * n, x.keys.shape[1], x.keys.shape[-1], max_new_tokens,
+                                    input_ids.shape[1], x.keys) for x in cache.layers]  # fmt: skip
+        unit = n
+    else:  # the prompt's cache, copied for each of its samples into buffers with room for the whole completion
+        preallocate(cache, n, max_new_tokens - 1)
     logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # [B*n, V]
     attention_mask = torch.cat(
         [attention_mask, attention_mask.new_ones(attention_mask.shape[0], max_new_tokens - 1)], dim=1
@@ -60,26 +75,36 @@ def prefill_once_sample(
         (logits.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=logits.device
     )
     live = torch.ones_like(rows, dtype=torch.bool)  # [A] rows that have not produced EOS yet
-    for t in range(max_new_tokens):
-        nxt = pick(logits, temperature, top_p, generator)  # [A]
-        tokens[rows, t] = torch.where(live, nxt, pad_token_id)
-        live = live & (nxt != eos_token_id)
-        if t == max_new_tokens - 1:
-            break
-        dead = len(rows) - int(live.sum())
-        if dead == len(rows):
-            break
-        # Finished rows need no more forwards, but dropping them copies the whole cache: do it once a quarter of
-        # the batch has finished (on long prompts a copy per finished row costs more than it saves).
-        if dead * 4 >= len(rows):
-            keep = live.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            rows, nxt, attention_mask, position = rows[keep], nxt[keep], attention_mask[keep], position[keep]
-            live = live[keep]
-        position = position + 1
-        out = model(input_ids=nxt[:, None], attention_mask=attention_mask[:, : width + t + 1],
-                    position_ids=position, use_cache=True, **{cache_arg: cache})  # fmt: skip
-        logits = out.logits[:, -1].float()
+    extra = {} if prefix is None else {"shared_prefix": prefix}
+    with shared_prefix_attention_in(model) if prefix is not None else nullcontext():
+        for t in range(max_new_tokens):
+            nxt = pick(logits, temperature, top_p, generator)  # [A]
+            tokens[rows, t] = torch.where(live, nxt, pad_token_id)
+            live = live & (nxt != eos_token_id)
+            if t == max_new_tokens - 1:
+                break
+            units = live.view(-1, unit).any(1)  # [A / unit] units with a row still decoding
+            dead = len(units) - int(units.sum())
+            if dead == len(units):
+                break
+            # Finished rows need no more forwards, but dropping them copies their cache: do it once a quarter
+            # of the batch has finished (with a copied prompt cache, a copy per finished row costs more than it saves).
+            if dead * 4 >= len(units):
+                kept = units.nonzero().squeeze(1)
+                keep = (kept[:, None] * unit + torch.arange(unit, device=kept.device)).flatten()
+                cache.batch_select_indices(keep)
+                if prefix is not None:
+                    prefix.select(kept)
+                rows, nxt, live = rows[keep], nxt[keep], live[keep]
+                attention_mask, position = attention_mask[keep], position[keep]
+            position = position + 1
+            calls = prefix.calls if prefix is not None else 0
+            out = model(input_ids=nxt[:, None], attention_mask=attention_mask[:, : width + t + 1],
+                        position_ids=position, use_cache=True, **{cache_arg: cache}, **extra)  # fmt: skip
+            if prefix is not None and prefix.calls - calls != len(cache.layers):
+                raise RuntimeError(f"{type(model).__name__}'s attention bypasses transformers' attention interface, "
+                                   "so the shared-prompt decode cannot run: use rollout.sampler=generate")  # fmt: skip
+            logits = out.logits[:, -1].float()
     return tokens
 
 

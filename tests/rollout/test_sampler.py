@@ -45,11 +45,17 @@ def reference_generate(model, enc, n, max_new, eos, pad, **sampling):
     return torch.nn.functional.pad(out, (0, max_new - out.shape[1]), value=pad)  # generate stops when all end
 
 
-def fast(model, enc, n, max_new, eos, pad, temperature=0.0, top_p=1.0, seed=None):
+@pytest.fixture(params=[True, False], ids=["shared-prompt", "copied-prompt"])
+def share(request):
+    """Both decode paths: attention reading each prompt's cache once for its n samples, and n copies of it."""
+    return request.param
+
+
+def fast(model, enc, n, max_new, eos, pad, temperature=0.0, top_p=1.0, seed=None, share=None):
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     return prefill_once_sample(model, enc["input_ids"], enc["attention_mask"], n=n, max_new_tokens=max_new,
                                temperature=temperature, top_p=top_p, eos_token_id=eos, pad_token_id=pad,
-                               generator=generator)  # fmt: skip
+                               generator=generator, share_prefix=share)  # fmt: skip
 
 
 def frequent_token(model, tokenizer, greedy: bool = False) -> int:
@@ -66,43 +72,49 @@ def frequent_token(model, tokenizer, greedy: bool = False) -> int:
     return int(rows_with.argmax())
 
 
-def test_greedy_matches_generate_on_mixed_prompt_lengths(peaked, tokenizer):
+def test_greedy_matches_generate_on_mixed_prompt_lengths(peaked, tokenizer, share):
     enc = encode(tokenizer, MIXED)
     args = (peaked, enc, 1, 12, tokenizer.eos_token_id, tokenizer.pad_token_id)
     with torch.no_grad():
-        assert fast(*args).tolist() == reference_generate(*args, do_sample=False).tolist()
+        assert fast(*args, share=share).tolist() == reference_generate(*args, do_sample=False).tolist()
 
 
-def test_each_sample_continues_its_own_prompts_cache(peaked, tokenizer):
+def test_each_sample_continues_its_own_prompts_cache(peaked, tokenizer, share):
     """n samples per prompt at a temperature near 0 are the prompt's greedy completion: a cache copied in the
     wrong order (sample j of prompt i reading another prompt's keys) gives another prompt's text."""
-    enc = encode(tokenizer, MIXED)
-    args = (peaked, enc)
-    with torch.no_grad():
-        greedy = fast(*args, 1, 10, -1, tokenizer.pad_token_id)
-        cold = fast(*args, 3, 10, -1, tokenizer.pad_token_id, temperature=1e-4, seed=0)
+    enc, eos, pad = (
+        encode(tokenizer, MIXED),
+        frequent_token(peaked, tokenizer, greedy=True),
+        tokenizer.pad_token_id,
+    )
+    with torch.no_grad():  # the frequent token as EOS: some prompts' samples end (and leave the batch) early
+        greedy = fast(peaked, enc, 1, 10, eos, pad)
+        cold = fast(peaked, enc, 3, 10, eos, pad, temperature=1e-4, seed=0, share=share)
     assert len({tuple(r) for r in greedy.tolist()}) == len(MIXED), "the prompts need different completions"
+    assert 0 < int((greedy == eos).any(1).sum()) < len(MIXED), (
+        "some prompts' samples must end early, some not"
+    )
     assert cold.tolist() == greedy.repeat_interleave(3, dim=0).tolist()
 
 
-def test_greedy_matches_generate_when_rows_stop_at_eos_at_different_steps(peaked, tokenizer):
+def test_greedy_matches_generate_when_rows_stop_at_eos_at_different_steps(peaked, tokenizer, share):
     """With a frequent token as EOS, rows finish early and leave the batch (the cache is compacted): the
     survivors' tokens must not change, and finished rows are padded after their EOS like generate's."""
     eos = frequent_token(peaked, tokenizer, greedy=True)
     enc = encode(tokenizer, MIXED)
     args = (peaked, enc, 1, 12, eos, tokenizer.pad_token_id)
     with torch.no_grad():
-        ours, theirs = fast(*args), reference_generate(*args, do_sample=False)
+        ours, theirs = fast(*args, share=share), reference_generate(*args, do_sample=False)
     ended = (ours == eos).any(1)
     assert 0 < int(ended.sum()) < len(ours), "the test needs rows that stop and rows that do not"
     assert ours.tolist() == theirs.tolist()
 
 
-def test_rows_end_at_their_first_eos_and_are_padded_after_it(peaked, tokenizer):
+def test_rows_end_at_their_first_eos_and_are_padded_after_it(peaked, tokenizer, share):
     eos, pad = frequent_token(peaked, tokenizer), tokenizer.pad_token_id
     enc = encode(tokenizer, MIXED)
     with torch.no_grad():
-        ids = fast(peaked, enc, 16, 12, eos, pad, temperature=1.0, seed=3)
+        ids = fast(peaked, enc, 16, 12, eos, pad, temperature=1.0, seed=3, share=share)
     stopped = 0
     for row in ids.tolist():
         if eos in row:
@@ -135,10 +147,11 @@ def tv(p: torch.Tensor, q: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)])
-def test_first_token_distribution_matches_the_models_softmax(peaked, tokenizer, temperature, top_p):
+def test_first_token_distribution_matches_the_models_softmax(peaked, tokenizer, temperature, top_p, share):
     enc = encode(tokenizer, ["12+7="])
     vocab = peaked.config.vocab_size
-    ids = fast(peaked, enc, SAMPLES, 1, tokenizer.eos_token_id, tokenizer.pad_token_id, temperature, top_p, 0)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids = fast(peaked, enc, SAMPLES, 1, eos, pad, temperature, top_p, 0, share)
     want = expected_distribution(peaked, enc, temperature, top_p)
     assert tv(empirical(ids[:, 0], vocab), want) < TV_BOUND
     # the bound has power: the distributions a wrong temperature or top-p would give lie well outside it
@@ -146,7 +159,7 @@ def test_first_token_distribution_matches_the_models_softmax(peaked, tokenizer, 
         assert tv(want, expected_distribution(peaked, enc, *wrong)) > 2 * TV_BOUND, wrong
 
 
-def test_second_token_distribution_matches_generate(peaked, tokenizer):
+def test_second_token_distribution_matches_generate(peaked, tokenizer, share):
     """The second token is decoded from a copied cache: its marginal over many samples must match generate's
     (two samples of the same law: twice the one-sample bound), and differ from a wrong temperature's."""
     enc = encode(tokenizer, ["3*4="])
@@ -154,8 +167,8 @@ def test_second_token_distribution_matches_generate(peaked, tokenizer):
     torch.manual_seed(0)
     with torch.no_grad():
         theirs = reference_generate(peaked, enc, SAMPLES, 2, eos, pad, do_sample=True, temperature=0.8)
-        ours = fast(peaked, enc, SAMPLES, 2, eos, pad, temperature=0.8, seed=0)
-        hot = fast(peaked, enc, SAMPLES, 2, eos, pad, temperature=1.3, seed=0)
+        ours = fast(peaked, enc, SAMPLES, 2, eos, pad, temperature=0.8, seed=0, share=share)
+        hot = fast(peaked, enc, SAMPLES, 2, eos, pad, temperature=1.3, seed=0, share=share)
     assert tv(empirical(ours[:, 1], vocab), empirical(theirs[:, 1], vocab)) < 2 * TV_BOUND
     assert tv(empirical(hot[:, 1], vocab), empirical(theirs[:, 1], vocab)) > 2 * TV_BOUND
 
