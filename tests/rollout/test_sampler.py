@@ -204,3 +204,20 @@ def test_top_p_keeps_the_most_likely_token_and_temperature_zero_is_argmax():
 def test_unknown_sampler_is_refused(peaked, tokenizer):
     with pytest.raises(ValueError, match="valid: fast, generate"):
         HFEngine(peaked, tokenizer, sampler="beam")
+
+
+def test_grouped_query_attention_models_share_the_prompt_too(tokenizer):
+    """Fewer key/value heads than query heads (Qwen, Llama 3): each key head serves a group of query heads."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.15,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    enc, pad = encode(tokenizer, MIXED), tokenizer.pad_token_id
+    with torch.no_grad():
+        greedy = reference_generate(model, enc, 1, 10, -1, pad, do_sample=False)
+        cold = fast(model, enc, 3, 10, -1, pad, temperature=1e-4, seed=0, share=True)
+    assert len({tuple(r) for r in greedy.tolist()}) == len(MIXED)
+    assert cold.tolist() == greedy.repeat_interleave(3, dim=0).tolist()
