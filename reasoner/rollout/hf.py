@@ -13,7 +13,6 @@ from dataclasses import replace
 import torch
 
 from reasoner.rollout.base import Rollout, SamplingParams
-from reasoner.rollout.sampler import prefill_once_sample
 
 SAMPLERS = ("fast", "generate")
 
@@ -24,6 +23,13 @@ class HFEngine:
             raise ValueError("HFEngine needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}")
+        if sampler == "fast":
+            try:  # transformers' cache layers (4.56+)
+                from reasoner.rollout.sampler import prefill_once_sample
+            except ImportError as e:
+                raise ValueError(f"the fast sampler needs transformers >= 4.56 ({e}); set rollout.sampler=generate "
+                                 "or upgrade transformers") from None  # fmt: skip
+            self._fast = prefill_once_sample
         self.model, self.tokenizer, self.batch_size, self.sampler = model, tokenizer, batch_size, sampler
 
     @torch.no_grad()
@@ -76,7 +82,7 @@ class HFEngine:
     def _decode(self, enc, params: SamplingParams, generator) -> torch.Tensor:
         tok, greedy = self.tokenizer, params.temperature == 0
         if self.sampler == "fast":
-            return prefill_once_sample(
+            return self._fast(
                 self.model, enc["input_ids"], enc["attention_mask"], n=params.n,
                 max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=generator,
