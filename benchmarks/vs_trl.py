@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--work", default="runs/vs_trl", help="TRL's venv, the model and both runs' outputs")
     ap.add_argument("--trl-version", default="1.16.0")
+    ap.add_argument("--out", default="vs_trl", help="results name: benchmarks/results/OUT.json and OUT.png")
     ap.add_argument("--side-ours", metavar="SPEC", help=argparse.SUPPRESS)  # the child process of our side
     args = ap.parse_args()
     if args.side_ours:
@@ -211,8 +212,8 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "targets": TARGETS, "variants": variants,
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "vs_trl.json").write_text(json.dumps(result, indent=2))
-    plot(result, RESULTS / "vs_trl.png")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2))
+    plot(result, RESULTS / f"{args.out}.png")
     print("| variant | step s (ours / TRL) | step ratio | peak RSS MB (ours / TRL) | RSS ratio "
           "| gen tokens/s (ours / TRL) | gen ratio |\n|---|---|---|---|---|---|---|")  # fmt: skip
     for name, r in variants.items():
