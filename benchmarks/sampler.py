@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import time
 from functools import partial
 from pathlib import Path
@@ -92,7 +93,8 @@ def main() -> None:
     shapes = {"short": (short, 16), "long": ([(p * 20)[-400:] for p in short], 32)}
     paths = ["generate", "fast-copied", "fast-shared"]
     result = {"device": torch.cuda.get_device_name() if args.gpu else f"cpu, {args.threads} threads",
-              "model_parameters": sum(p.numel() for p in model.parameters()), "shapes": {}}  # fmt: skip
+              "model_parameters": sum(p.numel() for p in model.parameters()), "shapes": {},
+              "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}  # fmt: skip
     for name, (prompts, new) in shapes.items():
         params = SamplingParams(n=8, temperature=1.0, max_new_tokens=new)
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)

@@ -9,7 +9,7 @@ attention over the concatenation ``[prompt; own tokens]``, the prompt's padding 
 
 It plugs into transformers through its attention interface (the model's ``config._attn_implementation`` names
 it while the decode loop runs, :func:`shared_prefix_attention_in`) and a cache layer that stores only the
-samples' own positions (:class:`SuffixLayer`); the prompt part travels as the ``shared_prefix`` keyword of the
+samples' own positions (reasoner.rollout.sampler.BufferLayer); the prompt part travels as the ``shared_prefix`` keyword of the
 model's forward, which transformers passes down to the attention function.
 """
 
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import DynamicLayer
 
 NAME = "reasoner_shared_prefix"
 
@@ -72,41 +71,6 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     )
     out = out + own_probs @ value  # [A, KV, G, D]
     return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
-
-
-class SuffixLayer(DynamicLayer):
-    """Only the rows' own positions, in a preallocated ``[A, KV, capacity, D]`` buffer written in place. Its
-    sequence length counts the prompt's positions too, as a full cache's would."""
-
-    def __init__(self, rows: int, kv: int, dim: int, capacity: int, prefix_length: int, like: torch.Tensor):
-        super().__init__()
-        self.device, self.is_initialized = like.device, True
-        self.key_buffer = like.new_empty(rows, kv, capacity, dim)
-        self.value_buffer = like.new_empty(rows, kv, capacity, dim)
-        self.prefix_length, self.length = prefix_length, 0
-        self._views()
-
-    def _views(self) -> None:
-        self.keys = self.key_buffer[:, :, : self.length]
-        self.values = self.value_buffer[:, :, : self.length]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        end = self.length + key_states.shape[-2]
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self._views()
-        return self.keys, self.values
-
-    def get_seq_length(self) -> int:
-        return self.prefix_length + self.length
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length() + query_length, 0
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-        self._views()
 
 
 @contextmanager

@@ -1,17 +1,22 @@
-"""A decode loop for GRPO-shaped rollouts: prefill each prompt once, decode its ``n`` samples from copies of its cache.
+"""A decode loop for GRPO-shaped rollouts: prefill each prompt once, then decode its ``n`` samples together.
 
 ``model.generate(num_return_sequences=n)`` repeats every prompt ``n`` times *before* the prefill, so a group of 8
 pays for its prompt 8 times, and its loop runs logits processors, stopping criteria and cache bookkeeping around
-every token. Here the prefill runs on the unique prompts ``[B, L]``, the KV cache is repeated n-fold
-(``repeat_interleave`` on the batch dimension, so row ``i * n + j`` is sample ``j`` of prompt ``i``, the engine's
-prompt-major order), and each step is one forward on ``[rows, 1]`` plus temperature / top-p sampling written
-out by hand. Rows that reach EOS leave the batch (their cache rows are dropped), and the loop ends when none is
-left. Left padding and position ids follow ``generate`` exactly, so greedy outputs are the same token for
-token; sampling draws from the same distribution (not the same random stream) and is reproducible from a seed
-through its own ``torch.Generator``, leaving torch's global RNG alone.
+every token. Here the prefill runs on the unique prompts ``[B, L]``; row ``i * n + j`` of the decode is sample
+``j`` of prompt ``i`` (the engine's prompt-major order), and each step is one forward on ``[rows, 1]`` plus
+temperature / top-p sampling written out by hand. The samples see their prompt in one of two ways:
 
-``generate`` stays the reference path (``rollout.sampler = "generate"``); tests/rollout/test_sampler.py checks
-the two agree.
+- shared (the default when every cache layer is a plain one): the prompt's keys and values stay one copy per
+  prompt and a decode-time attention reads them once for its n samples (reasoner.rollout.prefix_attention);
+- copied: the prompt's cache is repeated n-fold into buffers preallocated for the whole completion, so a step
+  writes its position in place instead of concatenating the cache (:class:`BufferLayer`).
+
+Rows that reach EOS are padded from then on; once a quarter of the batch has finished they leave it (their cache
+with them: a prompt's n rows together when they share it), and the loop ends when none is left. Left padding
+and position ids follow ``generate``, so greedy outputs are the same tokens; sampling draws from the same
+distribution (not the same random stream), reproducibly from a seed through its own ``torch.Generator``,
+leaving torch's global RNG alone. ``generate`` stays the reference (``rollout.sampler = "generate"``);
+tests/rollout/test_sampler.py checks the two agree.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from reasoner.rollout.prefix_attention import SharedPrefix, SuffixLayer, shared_prefix_attention_in
+from reasoner.rollout.prefix_attention import SharedPrefix, shared_prefix_attention_in
 
 
 @torch.no_grad()
@@ -59,8 +64,14 @@ def prefill_once_sample(
     if share_prefix:
         prefix = SharedPrefix([x.keys for x in cache.layers], [x.values for x in cache.layers],
                               attention_mask.bool())  # fmt: skip
-        cache.layers = [SuffixLayer(len(input_ids) * n, x.keys.shape[1], x.keys.shape[-1], max_new_tokens,
-                                    input_ids.shape[1], x.keys) for x in cache.layers]  # fmt: skip
+        rows_shape = (
+            len(input_ids) * n,
+            *cache.layers[0].keys.shape[1:2],
+            max_new_tokens,
+            cache.layers[0].keys.shape[-1],
+        )
+        cache.layers = [BufferLayer(x.keys.new_empty(rows_shape), x.values.new_empty(rows_shape), 0, input_ids.shape[1])
+                        for x in cache.layers]  # fmt: skip
         unit = n
     else:  # the prompt's cache, copied for each of its samples into buffers with room for the whole completion
         preallocate(cache, n, max_new_tokens - 1)
@@ -128,23 +139,30 @@ def pick(
 def preallocate(cache, n: int, extra: int) -> None:
     """Repeat each row of a prefilled ``DynamicCache`` ``n`` times, into buffers ``extra`` positions longer, so that
     each decode step writes its keys and values in place instead of concatenating the whole cache
-    (``torch.cat`` copies all of it, every step: most of the decode time on long prompts). Layers of other kinds
-    (sliding windows) are only repeated."""
+    (``torch.cat`` copies all of it, every step). Layers of other kinds (sliding windows) are only repeated."""
     for i, layer in enumerate(cache.layers):
         if type(layer) is DynamicLayer and layer.is_initialized:
-            cache.layers[i] = SlottedLayer(layer.keys, layer.values, n, extra)
+            length = layer.keys.shape[-2]
+            keys, values = (_repeat_into(x, n, extra) for x in (layer.keys, layer.values))
+            cache.layers[i] = BufferLayer(keys, values, length, 0)
         else:
             layer.batch_repeat_interleave(n)
 
 
-class SlottedLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose keys and values are views of preallocated ``[A, heads, L + extra, dim]``
-    buffers; ``update`` writes the new positions into the next free slots."""
+class BufferLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are the first ``length`` positions of preallocated
+    ``[A, KV, capacity, D]`` buffers; ``update`` writes the next positions in place. ``prefix_length`` counts
+    positions held elsewhere (the shared prompt) in the sequence length, as a full cache's would."""
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int, extra: int):
+    def __init__(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int, prefix_length: int):
         super().__init__()
-        self.device, self.is_initialized, self.length = keys.device, True, keys.shape[-2]
-        self.key_buffer, self.value_buffer = (_repeat_into(x, n, extra) for x in (keys, values))
+        self.device, self.is_initialized = key_buffer.device, True
+        self.key_buffer, self.value_buffer, self.length, self.prefix_length = (
+            key_buffer,
+            value_buffer,
+            length,
+            prefix_length,
+        )
         self._views()
 
     def _views(self) -> None:
@@ -154,20 +172,21 @@ class SlottedLayer(DynamicLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         end = self.length + key_states.shape[-2]
         if end > self.key_buffer.shape[-2]:
-            raise RuntimeError(f"SlottedLayer is full: {end} > {self.key_buffer.shape[-2]} positions")
+            raise RuntimeError(f"BufferLayer is full: {end} > {self.key_buffer.shape[-2]} positions")
         self.key_buffer[:, :, self.length : end] = key_states
         self.value_buffer[:, :, self.length : end] = value_states
         self.length = end
         self._views()
         return self.keys, self.values
 
+    def get_seq_length(self) -> int:
+        return self.prefix_length + self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
-        self._views()
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-        self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
         self._views()
 
 
