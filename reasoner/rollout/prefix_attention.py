@@ -8,9 +8,9 @@ is one batched matmul per prompt for all n samples; both parts' scores go throug
 attention over the concatenation ``[prompt; own tokens]``, the prompt's padding masked).
 
 It plugs into transformers through its attention interface (the model's ``config._attn_implementation`` names
-it while the decode loop runs, :func:`shared_prefix_attention_in`) and a cache layer that stores only the
-samples' own positions (reasoner.rollout.sampler.BufferLayer); the prompt part travels as the ``shared_prefix`` keyword of the
-model's forward, which transformers passes down to the attention function.
+it while the decode loop runs, :func:`shared_prefix_attention_in`) and a cache that stores only the samples'
+own positions (reasoner.rollout.sampler.BufferLayer); the prompt part travels as the ``shared_prefix`` keyword
+of the model's forward, which transformers passes down to the attention function.
 """
 
 from __future__ import annotations
