@@ -3,8 +3,8 @@
 Both trainers get the same work: the tiny character-level Llama (``reasoner tiny-model``), 8 prompts x 8
 completions a step from one prompt stream (the arithmetic task's, in our trainer's order), completions of at
 most 16 tokens, k3 KL with beta 0.04, token-mean loss (TRL's ``dapo``), lr 3e-5, fp32, the same CPU threads.
-The ``long`` variant puts a ~340-character system prompt in front of every prompt (~400 tokens) and allows 32
-completion tokens: there, what a trainer does once per prompt instead of once per completion matters most.
+The ``long`` variant puts a 402-character system prompt in front of every prompt (~480 tokens with the chat
+template) and allows 32 completion tokens: there, what a trainer does once per prompt instead of once per completion matters most.
 Each trainer runs in its own process under ``/usr/bin/time -v`` (peak RSS); TRL runs in its own virtual
 environment under the work directory, built on first use (never a dependency of this project), with the CPU
 torch wheel installed first so pip never resolves a CUDA one. The first ``--skip`` steps are warm-up.
