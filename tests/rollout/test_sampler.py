@@ -206,15 +206,20 @@ def test_unknown_sampler_is_refused(peaked, tokenizer):
         HFEngine(peaked, tokenizer, sampler="beam")
 
 
-def test_grouped_query_attention_models_share_the_prompt_too(tokenizer):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_grouped_query_attention_models_share_the_prompt_too(tokenizer, family):
     """Fewer key/value heads than query heads (Qwen, Llama 3): each key head serves a group of query heads."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.15,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    model = LlamaForCausalLM(config).eval()
+    config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
+                                 "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]  # fmt: skip
+    config = getattr(transformers, config_class)(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.15, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    model = getattr(transformers, model_class)(config).eval()
     enc, pad = encode(tokenizer, MIXED), tokenizer.pad_token_id
     with torch.no_grad():
         greedy = reference_generate(model, enc, 1, 10, -1, pad, do_sample=False)
