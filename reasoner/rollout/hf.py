@@ -1,7 +1,7 @@
 """Rollouts with transformers models: batched, left-padded, KV-cached, seeded. CPU and GPU.
 
-Two samplers: ``fast`` (the default) prefills each prompt once and decodes its ``n`` samples from copies of its
-cache (reasoner.rollout.sampler); ``generate`` is transformers' ``generate(num_return_sequences=n)``, kept as the
+Two samplers: ``fast`` (the default) prefills each prompt once and decodes its ``n`` samples together, reading
+the prompt's cache once for all of them (reasoner.rollout.sampler); ``generate`` is transformers' ``generate(num_return_sequences=n)``, kept as the
 reference the fast one is tested against. The engine shares the policy module with the trainer, so
 ``sync_weights`` has nothing to copy.
 """

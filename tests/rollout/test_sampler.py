@@ -226,3 +226,15 @@ def test_grouped_query_attention_models_share_the_prompt_too(tokenizer, family):
         cold = fast(model, enc, 3, 10, -1, pad, temperature=1e-4, seed=0, share=True)
     assert len({tuple(r) for r in greedy.tolist()}) == len(MIXED)
     assert cold.tolist() == greedy.repeat_interleave(3, dim=0).tolist()
+
+
+def test_the_rollout_sampler_setting_reaches_the_engine(peaked, tokenizer, tiny_dir):
+    from reasoner.config import ConfigError, load_config
+    from reasoner.rollout import make_engine
+
+    for name in ("fast", "generate"):
+        cfg = load_config(None, [f"rollout.sampler={name}"])
+        assert make_engine(cfg.rollout, peaked, tokenizer, str(tiny_dir)).sampler == name
+    assert load_config(None, []).rollout.sampler == "fast"
+    with pytest.raises(ConfigError, match="generate"):
+        load_config(None, ["rollout.sampler=beam"])
