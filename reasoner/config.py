@@ -102,6 +102,9 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 24
     batch_size: int = 256  # sequences per generate() call (hf engine)
+    # hf engine's decode loop: "fast" prefills each prompt once and decodes its n samples from copies of its KV
+    # cache (reasoner.rollout.sampler); "generate" is transformers' generate(num_return_sequences=n), the reference
+    sampler: Literal["fast", "generate"] = "fast"
     # vLLM (GPU) settings
     gpu_memory_utilization: float = 0.35
     tensor_parallel_size: int = 1

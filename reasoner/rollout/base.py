@@ -50,7 +50,7 @@ def make_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer, model_pat
     if cfg.engine == "hf":
         from reasoner.rollout.hf import HFEngine
 
-        return HFEngine(model, tokenizer, batch_size=cfg.batch_size)
+        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, sampler=cfg.sampler)
     if cfg.engine == "vllm":
         from reasoner.rollout.vllm import VLLMEngine
 

@@ -90,13 +90,16 @@ def make_vllm_engine(tiny_dir, tokenizer, mode: str):
     )
 
 
-@pytest.fixture(scope="module", params=["hf", VLLM, *VLLM_CPU_MODES])
+@pytest.fixture(scope="module", params=["hf", "hf-generate", VLLM, *VLLM_CPU_MODES])
 def engine(request, tiny_dir, tokenizer):
     """Each engine on the tiny model, built once per module (a vLLM start-up takes a while); the same
-    conformance tests run against every one. Tests that push other weights push the originals back."""
-    if request.param == "hf":
+    conformance tests run against every one. Tests that push other weights push the originals back.
+    ``hf`` is the transformers engine with its default (fast) sampler, ``hf-generate`` with ``generate``."""
+    if request.param.startswith("hf"):
         # Its own copy of the weights, so that sync_weights has something to copy (the trainer shares one module).
-        yield HFEngine(load_policy(str(tiny_dir), "float32", _device()), tokenizer, batch_size=64)
+        model = load_policy(str(tiny_dir), "float32", _device())
+        sampler = "generate" if request.param == "hf-generate" else "fast"
+        yield HFEngine(model, tokenizer, batch_size=64, sampler=sampler)
         return
     engine = make_vllm_engine(tiny_dir, tokenizer, request.param)
     if request.param != "vllm":

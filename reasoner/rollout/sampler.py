@@ -1,0 +1,205 @@
+"""A decode loop for GRPO-shaped rollouts: prefill each prompt once, then decode its ``n`` samples together.
+
+``model.generate(num_return_sequences=n)`` repeats every prompt ``n`` times *before* the prefill, so a group of 8
+pays for its prompt 8 times, and its loop runs logits processors, stopping criteria and cache bookkeeping around
+every token. Here the prefill runs on the unique prompts ``[B, L]``; row ``i * n + j`` of the decode is sample
+``j`` of prompt ``i`` (the engine's prompt-major order), and each step is one forward on ``[rows, 1]`` plus
+temperature / top-p sampling written out by hand. The samples see their prompt in one of two ways:
+
+- shared (the default when every cache layer is a plain one): the prompt's keys and values stay one copy per
+  prompt and a decode-time attention reads them once for its n samples (reasoner.rollout.prefix_attention);
+- copied: the prompt's cache is repeated n-fold into buffers preallocated for the whole completion, so a step
+  writes its position in place instead of concatenating the cache (:class:`BufferLayer`).
+
+Rows that reach EOS are padded from then on; once a quarter of the batch has finished they leave it (their cache
+with them: a prompt's n rows together when they share it), and the loop ends when none is left. Left padding
+and position ids follow ``generate``, so greedy outputs are the same tokens; sampling draws from the same
+distribution (not the same random stream), reproducibly from a seed through its own ``torch.Generator``,
+leaving torch's global RNG alone. ``generate`` stays the reference (``rollout.sampler = "generate"``);
+tests/rollout/test_sampler.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from reasoner.rollout.prefix_attention import SharedPrefix, shared_prefix_attention_in
+
+
+@torch.no_grad()
+def prefill_once_sample(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,  # [B, L] left-padded prompts
+    attention_mask: torch.Tensor,  # [B, L]
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,  # 0 = greedy
+    top_p: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+    share_prefix: bool | None = None,  # None: when n > 1 and every cache layer is a plain one
+    on_step: Callable[[list[int], list[int]], None] | None = None,
+) -> torch.Tensor:
+    """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS.
+
+    ``on_step(rows, ids)``, when given, receives each step's token of every row still in the batch (output row
+    indices; a finished row gets padding until it is dropped)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    forward_args = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
+    positions = (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)  # [B, L] as generate's
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                **{cache_arg: cache}, **last_only)  # fmt: skip
+    plain = all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
+    share_prefix = n > 1 and plain if share_prefix is None else share_prefix
+    if share_prefix and not plain:
+        raise ValueError("share_prefix needs a model whose cache layers are all plain DynamicLayers")
+    prefix, unit = None, 1  # unit: rows that leave the batch together (a prompt's n rows when they share it)
+    if share_prefix:
+        prefix = SharedPrefix([x.keys for x in cache.layers], [x.values for x in cache.layers],
+                              attention_mask.bool())  # fmt: skip
+        rows_shape = (
+            len(input_ids) * n,
+            *cache.layers[0].keys.shape[1:2],
+            max_new_tokens,
+            cache.layers[0].keys.shape[-1],
+        )
+        cache.layers = [BufferLayer(x.keys.new_empty(rows_shape), x.values.new_empty(rows_shape), 0, input_ids.shape[1])
+                        for x in cache.layers]  # fmt: skip
+        unit = n
+    else:  # the prompt's cache, copied for each of its samples into buffers with room for the whole completion
+        preallocate(cache, n, max_new_tokens - 1)
+    logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)  # [B*n, V]
+    attention_mask = torch.cat(
+        [attention_mask, attention_mask.new_ones(attention_mask.shape[0], max_new_tokens - 1)], dim=1
+    ).repeat_interleave(n, dim=0)  # [B*n, L + T - 1]: column L + t is read from step t on
+    width = input_ids.shape[1]
+    position = positions[:, -1:].repeat_interleave(n, dim=0)  # [A, 1]
+    rows = torch.arange(logits.shape[0], device=logits.device)  # [A] the output row of each live row
+    tokens = torch.full(
+        (logits.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=logits.device
+    )
+    live = torch.ones_like(rows, dtype=torch.bool)  # [A] rows that have not produced EOS yet
+    extra = {} if prefix is None else {"shared_prefix": prefix}
+    with shared_prefix_attention_in(model) if prefix is not None else nullcontext():
+        for t in range(max_new_tokens):
+            nxt = pick(logits, temperature, top_p, generator)  # [A]
+            tokens[rows, t] = torch.where(live, nxt, pad_token_id)
+            if on_step is not None:
+                on_step(rows.tolist(), tokens[rows, t].tolist())
+            live = live & (nxt != eos_token_id)
+            if t == max_new_tokens - 1:
+                break
+            units = live.view(-1, unit).any(1)  # [A / unit] units with a row still decoding
+            dead = len(units) - int(units.sum())
+            if dead == len(units):
+                break
+            # Finished rows need no more forwards, but dropping them copies their cache: do it once a quarter
+            # of the batch has finished (with a copied prompt cache, a copy per finished row costs more than it saves).
+            if dead * 4 >= len(units):
+                kept = units.nonzero().squeeze(1)
+                keep = (kept[:, None] * unit + torch.arange(unit, device=kept.device)).flatten()
+                cache.batch_select_indices(keep)
+                if prefix is not None:
+                    prefix.select(kept)
+                rows, nxt, live = rows[keep], nxt[keep], live[keep]
+                attention_mask, position = attention_mask[keep], position[keep]
+            position = position + 1
+            calls = prefix.calls if prefix is not None else 0
+            out = model(input_ids=nxt[:, None], attention_mask=attention_mask[:, : width + t + 1],
+                        position_ids=position, use_cache=True, **{cache_arg: cache}, **extra)  # fmt: skip
+            if prefix is not None and prefix.calls - calls != len(cache.layers):
+                raise RuntimeError(f"{type(model).__name__}'s attention bypasses transformers' attention interface, "
+                                   "so the shared-prompt decode cannot run: use rollout.sampler=generate")  # fmt: skip
+            logits = out.logits[:, -1].float()
+    return tokens
+
+
+def pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row of ``logits [A, V]``: argmax at temperature 0, else a sample from
+    softmax(logits / temperature) restricted to the top-p nucleus (transformers' ``TopPLogitsWarper`` rule: drop
+    the tokens whose ascending cumulative probability is <= 1 - top_p, always keeping the most likely one)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    scores = logits / temperature
+    if top_p < 1.0:
+        sorted_scores, order = scores.sort(dim=-1)  # ascending
+        drop = sorted_scores.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def preallocate(cache, n: int, extra: int) -> None:
+    """Repeat each row of a prefilled ``DynamicCache`` ``n`` times, into buffers ``extra`` positions longer, so that
+    each decode step writes its keys and values in place instead of concatenating the whole cache
+    (``torch.cat`` copies all of it, every step). Layers of other kinds (sliding windows) are only repeated."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            length = layer.keys.shape[-2]
+            keys, values = (_repeat_into(x, n, extra) for x in (layer.keys, layer.values))
+            cache.layers[i] = BufferLayer(keys, values, length, 0)
+        else:
+            layer.batch_repeat_interleave(n)
+
+
+class BufferLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are the first ``length`` positions of preallocated
+    ``[A, KV, capacity, D]`` buffers; ``update`` writes the next positions in place. ``prefix_length`` counts
+    positions held elsewhere (the shared prompt) in the sequence length, as a full cache's would."""
+
+    def __init__(self, key_buffer: torch.Tensor, value_buffer: torch.Tensor, length: int, prefix_length: int):
+        super().__init__()
+        self.device, self.is_initialized = key_buffer.device, True
+        self.key_buffer, self.value_buffer, self.length, self.prefix_length = (
+            key_buffer,
+            value_buffer,
+            length,
+            prefix_length,
+        )
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            raise RuntimeError(f"BufferLayer is full: {end} > {self.key_buffer.shape[-2]} positions")
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.prefix_length + self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+        self._views()
+
+
+def _repeat_into(x: torch.Tensor, n: int, extra: int) -> torch.Tensor:
+    """``x [B, H, L, D]`` -> ``[B * n, H, L + extra, D]``: row ``i * n + j`` holds ``x[i]`` in its first L slots."""
+    b, h, length, d = x.shape
+    buffer = x.new_empty(b, n, h, length + extra, d)
+    buffer[:, :, :, :length] = x[:, None]
+    return buffer.view(b * n, h, length + extra, d)
