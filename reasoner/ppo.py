@@ -80,7 +80,8 @@ class Critic(nn.Module):
         if batch.shared_prefix or batch.pack:  # the policy's layout: values gathered back to [N, T]
             layout = pack_batch(batch, batch.shared_prefix, batch.pack)
             inputs = layout_inputs(self.backbone, layout)
-            keep = inputs.pop("logits_to_keep")
+            inputs.pop("logits_to_keep")
+            keep = layout.keep
             with autocast(batch.input_ids.device):
                 hidden = self.backbone(**inputs).last_hidden_state[keep]  # [K, H]
                 values = self.head(hidden).squeeze(-1)  # [K]

