@@ -104,7 +104,7 @@ class HFEngine:
         return rollouts
 
     def _decode(
-        self, enc, params: SamplingParams, generator, on_tokens: TokenCallback | None
+        self, enc, params: SamplingParams, generator, on_tokens: TokenCallback | None = None
     ) -> torch.Tensor:
         tok, greedy = self.tokenizer, params.temperature == 0
         if self.sampler == "fast":
