@@ -118,8 +118,10 @@ def _render(prompt: Any, response: Any, tokenizer, where: str, prompt_where: str
             raise DataError(
                 f"{prompt_where}: a string response needs a string prompt, got {type(prompt).__name__}"
             )
-        if not response.strip():
-            raise DataError(f"{where}: empty response")
+        # An empty answer with a prompt is a real outcome (the policy stopped at once and people rejected it);
+        # the RM must learn to score it. Only a row with no text at all is broken.
+        if not response.strip() and not (prompt or "").strip():
+            raise DataError(f"{where}: empty response to an empty prompt (no text to score)")
         return (prompt or "") + response
     if isinstance(response, list):
         messages = ([] if prompt is None else _messages(prompt, prompt_where)) + _messages(response, where)

@@ -77,7 +77,7 @@ def test_margin_weight_and_renamed_fields(tmp_path):
         ({"prompt": "p", "chosen": 3, "rejected": "b"}, "row 2, field 'chosen': must be a string or a list"),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}, "row 2, field 'margin': must be a number"),
         ({"prompt": "p", "chosen": "a", "rejected": "b", "weight": -1}, "row 2, field 'weight': a loss weight must be >= 0"),
-        ({"prompt": "p", "chosen": "  ", "rejected": "b"}, "row 2, field 'chosen': empty response"),
+        ({"prompt": " ", "chosen": "  ", "rejected": "b"}, "row 2, field 'chosen': empty response to an empty prompt"),
         ({"prompt": [{"role": "user"}], "chosen": [{"role": "assistant", "content": "x"}],
           "rejected": [{"role": "assistant", "content": "y"}]}, "row 2, field 'prompt', message 1"),
         ({"chosen": [{"role": "user", "content": "x"}], "rejected": [{"role": "assistant", "content": "y"}]},
@@ -89,6 +89,13 @@ def test_bad_rows_name_file_row_and_field(tmp_path, row, message):
     with pytest.raises(DataError) as err:
         load_pairs(path, TOK, RC)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_an_empty_answer_to_a_prompt_is_a_pair(tmp_path):
+    """The online loop's users reject empty answers; the RM must see those pairs (CI once failed on one)."""
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "a", "rejected": ""}])
+    (pair,) = load_pairs(path, TOK, RC)
+    assert (pair.chosen, pair.rejected) == ("pa", "p")
 
 
 def _cfg(tmp_path, *extra):
