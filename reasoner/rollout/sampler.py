@@ -17,6 +17,11 @@ and position ids follow ``generate``, so greedy outputs are the same tokens; sam
 distribution (not the same random stream), reproducibly from a seed through its own ``torch.Generator``,
 leaving torch's global RNG alone. ``generate`` stays the reference (``rollout.sampler = "generate"``);
 tests/rollout/test_sampler.py checks the two agree.
+
+For the model families it knows (Llama, Mistral, Qwen2/3 with plain projections), the decode step itself is
+reasoner.rollout.lean's: the same computation from the model's weights without transformers' per-step
+plumbing, with each prompt and its samples' tokens in one buffer and one fused attention call per layer (on the
+tiny model, generation +24% tokens/s at 1 thread). Other models decode through their forward as above.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from reasoner.rollout.lean import MAX_OWN_SLOTS, LeanDecode, unsupported
 from reasoner.rollout.prefix_attention import SharedPrefix, shared_prefix_attention_in
 
 
@@ -45,8 +51,9 @@ def prefill_once_sample(
     eos_token_id: int,
     pad_token_id: int,
     generator: torch.Generator | None = None,
-    share_prefix: bool | None = None,  # None: when n > 1 and every cache layer is a plain one
+    share_prefix: bool | None = None,  # None: when lean, or n > 1 and every cache layer is a plain one
     on_step: Callable[[list[int], list[int]], None] | None = None,
+    lean: bool | None = None,  # None: reasoner.rollout.lean's decode step wherever it runs the model
 ) -> torch.Tensor:
     """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS.
 
@@ -62,11 +69,26 @@ def prefill_once_sample(
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                 **{cache_arg: cache}, **last_only)  # fmt: skip
     plain = all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
-    share_prefix = n > 1 and plain if share_prefix is None else share_prefix
+    why_not_lean = (
+        "lean=False" if lean is False
+        else "the model's cache layers are not all plain DynamicLayers" if not plain
+        else "share_prefix=False" if share_prefix is False
+        else unsupported(model) or (f"n * max_new_tokens > {MAX_OWN_SLOTS}" if n * max_new_tokens > MAX_OWN_SLOTS else None)
+    )  # fmt: skip
+    if lean and why_not_lean is not None:
+        raise ValueError(f"lean=True cannot run: {why_not_lean}")
+    lean = why_not_lean is None
+    share_prefix = lean or (n > 1 and plain) if share_prefix is None else share_prefix
     if share_prefix and not plain:
         raise ValueError("share_prefix needs a model whose cache layers are all plain DynamicLayers")
-    prefix, unit = None, 1  # unit: rows that leave the batch together (a prompt's n rows when they share it)
-    if share_prefix:
+    prefix, step, unit = (
+        None,
+        None,
+        1,
+    )  # unit: rows that leave the batch together (a prompt's n rows when shared)
+    if lean:  # one buffer per prompt for its prompt and its samples' tokens (reasoner.rollout.lean)
+        step, unit = LeanDecode(model, cache, attention_mask, n, max_new_tokens), n
+    elif share_prefix:
         prefix = SharedPrefix([x.keys for x in cache.layers], [x.values for x in cache.layers],
                               attention_mask.bool())  # fmt: skip
         rows_shape = (
@@ -110,12 +132,18 @@ def prefill_once_sample(
             if dead * 4 >= len(units):
                 kept = units.nonzero().squeeze(1)
                 keep = (kept[:, None] * unit + torch.arange(unit, device=kept.device)).flatten()
-                cache.batch_select_indices(keep)
+                if step is not None:
+                    step.select(kept)
+                else:
+                    cache.batch_select_indices(keep)
                 if prefix is not None:
                     prefix.select(kept)
                 rows, nxt, live = rows[keep], nxt[keep], live[keep]
                 attention_mask, position = attention_mask[keep], position[keep]
             position = position + 1
+            if step is not None:
+                logits = step(nxt, position)
+                continue
             calls = prefix.calls if prefix is not None else 0
             out = model(input_ids=nxt[:, None], attention_mask=attention_mask[:, : width + t + 1],
                         position_ids=position, use_cache=True, **{cache_arg: cache}, **extra)  # fmt: skip

@@ -13,6 +13,7 @@ import torch
 from reasoner.models import load_policy
 from reasoner.rollout import SamplingParams
 from reasoner.rollout.hf import HFEngine
+from reasoner.rollout.lean import MAX_OWN_SLOTS
 from reasoner.rollout.sampler import pick, prefill_once_sample
 
 MIXED = ["1+1=", "123*45=", "7-3=", "(12+7)*3-100/4="]  # mixed lengths: left padding in every batch
@@ -45,17 +46,28 @@ def reference_generate(model, enc, n, max_new, eos, pad, **sampling):
     return torch.nn.functional.pad(out, (0, max_new - out.shape[1]), value=pad)  # generate stops when all end
 
 
-@pytest.fixture(params=[True, False], ids=["shared-prompt", "copied-prompt"])
+@pytest.fixture(
+    params=[(True, True), (True, False), (False, False)], ids=["lean", "shared-prompt", "copied-prompt"]
+)
 def share(request):
-    """Both decode paths: attention reading each prompt's cache once for its n samples, and n copies of it."""
+    """Every decode path: the lean step (reasoner.rollout.lean) and the model's forward both reading each prompt's
+    cache once for its n samples, and the model's forward over n copies of it."""
     return request.param
 
 
 def fast(model, enc, n, max_new, eos, pad, temperature=0.0, top_p=1.0, seed=None, share=None):
+    """``share``: (share_prefix, lean), or share_prefix alone (lean then as the sampler decides)."""
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return prefill_once_sample(model, enc["input_ids"], enc["attention_mask"], n=n, max_new_tokens=max_new,
+    share, lean = share if isinstance(share, tuple) else (share, None)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    while (
+        lean and n * max_new > MAX_OWN_SLOTS
+    ):  # the same rows, prompt-major: each prompt twice, n / 2 samples each
+        assert n % 2 == 0
+        ids, mask, n = ids.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), n // 2
+    return prefill_once_sample(model, ids, mask, n=n, max_new_tokens=max_new,
                                temperature=temperature, top_p=top_p, eos_token_id=eos, pad_token_id=pad,
-                               generator=generator, share_prefix=share)  # fmt: skip
+                               generator=generator, share_prefix=share, lean=lean)  # fmt: skip
 
 
 def frequent_token(model, tokenizer, greedy: bool = False) -> int:
@@ -206,24 +218,34 @@ def test_unknown_sampler_is_refused(peaked, tokenizer):
         HFEngine(peaked, tokenizer, sampler="beam")
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_grouped_query_attention_models_share_the_prompt_too(tokenizer, family):
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "forward"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+def test_grouped_query_attention_models_share_the_prompt_too(tokenizer, family, lean):
     """Fewer key/value heads than query heads (Qwen, Llama 3): each key head serves a group of query heads."""
     import transformers
 
     torch.manual_seed(0)
     config_class, model_class = {"llama": ("LlamaConfig", "LlamaForCausalLM"),
-                                 "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}[family]  # fmt: skip
+                                 "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),  # biased q/k/v projections
+                                 "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),  # per-head q/k norms
+                                 "mistral": ("MistralConfig", "MistralForCausalLM")}[family]  # fmt: skip
+    extra = {"sliding_window": None} if family == "mistral" else {}
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, initializer_range=0.15, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, head_dim=16, **extra,
     )  # fmt: skip
     model = getattr(transformers, model_class)(config).eval()
+    if family == "qwen2":  # the default initialisation zeroes biases: give them values, so dropping one shows
+        with torch.no_grad():
+            for layer in model.model.layers:
+                layer.self_attn.q_proj.bias.normal_(0, 0.5)
+                layer.self_attn.k_proj.bias.normal_(0, 0.5)
+                layer.self_attn.v_proj.bias.normal_(0, 0.5)
     enc, pad = encode(tokenizer, MIXED), tokenizer.pad_token_id
     with torch.no_grad():
         greedy = reference_generate(model, enc, 1, 10, -1, pad, do_sample=False)
-        cold = fast(model, enc, 3, 10, -1, pad, temperature=1e-4, seed=0, share=True)
+        cold = fast(model, enc, 3, 10, -1, pad, temperature=1e-4, seed=0, share=(True, lean))
     assert len({tuple(r) for r in greedy.tolist()}) == len(MIXED)
     assert cold.tolist() == greedy.repeat_interleave(3, dim=0).tolist()
 

@@ -13,7 +13,8 @@ from reasoner.serve.service import load_policy_version
 def test_clients_of_the_last_batch_that_come_back_late_still_share_a_batch(tiny_model_dir):
     set_cpu_threads(1)  # as the served tests do (ServeConfig(cpu_threads=1))
     policy = load_policy_version("v0", str(tiny_model_dir))
-    params = SamplingParams(n=1, temperature=1.0, max_new_tokens=40)
+    # long enough that the batch takes well over 4 x the late clients' 17.5 ms spread (the wait is a quarter of it)
+    params = SamplingParams(n=1, temperature=1.0, max_new_tokens=160)
 
     async def scenario():
         batcher = Batcher(lambda: policy, window_s=0.005, max_batch=64)
