@@ -1,9 +1,10 @@
 """Rollout tokens/s of the fast sampler against transformers' ``generate``, on CPU or GPU, as ratios.
 
 One GRPO-shaped batch (8 prompts x 8 samples at temperature 1) with short prompts (the arithmetic task's, ~55
-tokens, 16 new) and long ones (~400 tokens, 32 new) goes through the hf engine's three decode paths, alternating
-for ``--repeats`` rounds after a warm-up each: ``generate`` (the reference), ``fast`` with each prompt's cache
-copied n-fold, and ``fast`` reading each prompt's cache once for its n samples (the default). On a GPU (``--gpu``)
+tokens, 16 new) and long ones (~400 tokens, 32 new) goes through the hf engine's four decode paths, alternating
+for ``--repeats`` rounds after a warm-up each: ``generate`` (the reference), ``fast`` through the model's forward
+with each prompt's cache copied n-fold (``fast-copied``) or read once for its n samples (``fast-shared``), and
+``fast`` with reasoner.rollout.lean's decode step (``fast-lean``, the default for the families it knows). On a GPU (``--gpu``)
 the model is a randomly initialised one of Qwen2.5-0.5B's shape in bf16 and the batch is 32 prompts x 8.
 
     python benchmarks/sampler.py [--gpu] [--repeats 3]
@@ -35,7 +36,7 @@ QWEN_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num
 
 
 def decode_path(engine: HFEngine, path: str):
-    """A function (enc, params, generator) -> completions that runs one of the three paths."""
+    """A function (enc, params, generator) -> completions that runs one of the four paths."""
     if path == "generate":
         return partial(HFEngine._decode, HFEngine(engine.model, engine.tokenizer, sampler="generate"))
     tok = engine.tokenizer
@@ -44,7 +45,8 @@ def decode_path(engine: HFEngine, path: str):
         return prefill_once_sample(
             engine.model, enc["input_ids"], enc["attention_mask"], n=params.n, max_new_tokens=params.max_new_tokens,
             temperature=params.temperature, top_p=params.top_p, eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id, generator=generator, share_prefix=path == "fast-shared",
+            pad_token_id=tok.pad_token_id, generator=generator, share_prefix=path != "fast-copied",
+            lean=path == "fast-lean",
         )  # fmt: skip
 
     return run
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="runs/tiny-model")
+    ap.add_argument("--out", default=None, help="results name (default sampler_cpu / sampler_gpu)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.gpu else "cpu")
@@ -91,7 +94,7 @@ def main() -> None:
     prompts_n = 32 if args.gpu else 8
     short = [e.prompt for e in get_task("arithmetic").load(None, "train", prompts_n, 0)]
     shapes = {"short": (short, 16), "long": ([(p * 20)[-400:] for p in short], 32)}
-    paths = ["generate", "fast-copied", "fast-shared"]
+    paths = ["generate", "fast-copied", "fast-shared", "fast-lean"]
     result = {"device": torch.cuda.get_device_name() if args.gpu else f"cpu, {args.threads} threads",
               "model_parameters": sum(p.numel() for p in model.parameters()), "shapes": {},
               "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}  # fmt: skip
@@ -109,13 +112,14 @@ def main() -> None:
         tps = {p: statistics.median(t / s for s, t in v) for p, v in times.items()}
         result["shapes"][name] = {
             "prompts": len(prompts), "n": 8, "prompt_tokens": enc["input_ids"].shape[1], "max_new_tokens": new,
-            "tokens_per_s": tps, "fast_over_generate": tps["fast-shared"] / tps["generate"],
+            "tokens_per_s": tps, "fast_over_generate": tps["fast-lean"] / tps["generate"],
+            "shared_over_generate": tps["fast-shared"] / tps["generate"],
             "copied_over_generate": tps["fast-copied"] / tps["generate"],
         }  # fmt: skip
         print(f"{name}: " + ", ".join(f"{p} {v:.0f} tok/s" for p, v in tps.items())
-              + f"; fast / generate x{tps['fast-shared'] / tps['generate']:.2f}")  # fmt: skip
+              + f"; fast (lean) / generate x{tps['fast-lean'] / tps['generate']:.2f}")  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"sampler_{device.type}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{args.out or f'sampler_{device.type}'}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
 
 

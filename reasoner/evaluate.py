@@ -44,7 +44,7 @@ from reasoner.algo.passk import mean_pass_at_k
 from reasoner.data import DataError
 from reasoner.tasks.base import Example, Task
 
-EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "codegen")
+EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "codegen", "dataset")
 COUNT_KEYS = ("examples", "samples", "correct", "unscored")  # integer metrics, printed as counts
 SCORE_CHUNK = 256  # completions per reward call: bounds memory, drives the progress bar
 SCORE_METRIC = {"math": "accuracy", "code": "pass@1", "reward": "mean_reward"}  # a task kind's headline score
@@ -242,6 +242,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         help="local .jsonl/.json/.jsonl.gz/.parquet file or hub id (default: the task's own)",
     )
     p.add_argument("--split", default="test", help="hub split (ignored for local files)")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="a template over the row's fields ('Solve: {problem}') or the field holding the prompt (string or "
+        "chat messages); --task dataset: default 'prompt' (as task.prompt)",
+    )
+    p.add_argument(
+        "--answer", default=None, help="--task dataset: the gold answer's field, a.b for nested keys"
+    )
+    p.add_argument(
+        "--reward",
+        default=None,
+        help="score with this reward instead of the task's: a registered name or path/to/file.py:function "
+        "(as task.reward; --task dataset's default is math, against --answer)",
+    )
+    p.add_argument("--reward-workers", type=int, default=0, help="processes for a --reward function of yours")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local model directory or hub id to generate completions with")
     src.add_argument(
@@ -278,11 +294,23 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from reasoner.config import TaskConfig
+    from reasoner.rewards import get_reward
     from reasoner.rewards.code import configure_sandbox
-    from reasoner.tasks import get_task
+    from reasoner.tasks import get_task, load_examples
 
     task = get_task(args.task)
-    examples = task.load(args.data, args.split, None, args.seed)
+    # the run's task section, as `reasoner train` would read it: --prompt / --answer / --reward mean what
+    # task.prompt / task.answer / task.reward mean there, and fail with the same messages
+    task_cfg = TaskConfig(name=args.task, test=args.data, test_split=args.split, eval_size=None,
+                          prompt=args.prompt, answer=args.answer, reward=args.reward)  # fmt: skip
+    if task.from_fields and (args.data is None or (args.answer is None and args.reward is None)):
+        raise DataError(
+            "--task dataset evaluates your data: give --data FILE_OR_HUB_ID, and --answer FIELD (the gold answer, "
+            "scored by the math checker) or --reward path/to/file.py:function (your own scoring)"
+        )
+    examples = load_examples(task_cfg, "test", args.seed)
+    reward = None if args.reward is None else get_reward(args.reward, args.reward_workers)
     if args.limit is not None:
         examples = examples[: args.limit]
     if not examples:
@@ -292,14 +320,16 @@ def run_eval(args: argparse.Namespace) -> int:
     progress = not args.no_progress
 
     if args.model is not None:
-        report = _eval_model(args, task, examples, progress)
+        report = _eval_model(args, task, examples, progress, reward)
     else:
         if args.completions == "canonical":
             completions = canonical_completions(examples, task.name)
         else:
             completions = read_completions(args.completions, examples, strict=args.limit is None)
         k_values = _k_values(args.k, min(len(c) for c in completions))
-        report = score_completions(task, examples, completions, k_values=k_values, progress=progress)
+        report = score_completions(
+            task, examples, completions, k_values=k_values, progress=progress, reward=reward
+        )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +347,9 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_model(args: argparse.Namespace, task: Task, examples: list[Example], progress: bool) -> EvalReport:
+def _eval_model(
+    args: argparse.Namespace, task: Task, examples: list[Example], progress: bool, reward: Callable | None
+) -> EvalReport:
     from reasoner.models import load_policy, load_tokenizer
     from reasoner.rollout.hf import HFEngine
 
@@ -325,7 +357,8 @@ def _eval_model(args: argparse.Namespace, task: Task, examples: list[Example], p
     tok = load_tokenizer(args.model)
     model = load_policy(args.model, dtype=args.dtype)
     engine = HFEngine(model, tok, batch_size=args.batch_size)
-    render = (lambda ex: ex.prompt) if not args.chat_template else _chat_render(tok, args.system_prompt)
+    plain = not args.chat_template and all(ex.messages is None for ex in examples)
+    render = (lambda ex: ex.prompt) if plain else _chat_render(tok, args.system_prompt)
     return evaluate_model(
         engine,
         task,
@@ -339,13 +372,23 @@ def _eval_model(args: argparse.Namespace, task: Task, examples: list[Example], p
         render=render,
         progress=progress,
         batch_prompts=max(1, args.batch_size // args.n),
+        reward=reward,
     )
 
 
 def _chat_render(tokenizer, system_prompt: str | None) -> Callable[[Example], str]:
+    """Prompts through the chat template: a row's own messages (a prompt field of chat messages), else the prompt
+    as the user's message; ``system_prompt`` first unless the messages start with one."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "the model's tokenizer has no chat template, which --chat-template and prompts given as chat messages "
+            "need: drop --chat-template, or give --prompt a template over a text field"
+        )
+
     def render(ex: Example) -> str:
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": ex.prompt})
+        messages = list(ex.messages) if ex.messages is not None else [{"role": "user", "content": ex.prompt}]
+        if system_prompt and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": system_prompt})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     return render

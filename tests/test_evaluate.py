@@ -388,3 +388,33 @@ def test_report_markdown_shows_unscored():
         records=[{}, {}],
     )
     assert report.to_markdown().splitlines()[-1] == "| mbpp | 2 | 1 | 50.00% | 1 |"
+
+
+def test_dataset_task_with_a_reward_of_yours_from_completions_and_from_a_model(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """`reasoner eval --task dataset`: your data, your prompt template and your reward, as `reasoner train` reads them."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_reward.py").write_text(
+        "def exact(completions, sol, prompts, **kw):\n"
+        "    return [1.0 if c.strip() == str(s) else 0.0 for c, s in zip(completions, sol)]\n"
+    )
+    data = _write_jsonl(tmp_path / "data.jsonl", [{"q": "1+2=", "sol": 3}, {"q": "2+2=", "sol": 4}])
+    done = _write_jsonl(
+        tmp_path / "done.jsonl", [{"index": 0, "completion": " 3"}, {"index": 1, "completion": "5"}]
+    )
+    flags = ["--task", "dataset", "--data", str(data), "--prompt", "{q}", "--reward", "my_reward.py:exact"]
+    assert run_eval(_args(*flags, "--completions", str(done), "--out", "c.json")) == 0
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["metrics"]["mean_reward"] == pytest.approx(0.5)
+    assert [r["scores"] for r in report["records"]] == [[1.0], [0.0]]
+    # the tiny model's greedy noise, scored by the same function: prompts rendered from the template
+    args = _args(*flags, "--model", str(tiny_model_dir), "--max-new-tokens", "4", "--out", "m.json")
+    assert run_eval(args) == 0
+    records = json.loads((tmp_path / "m.json").read_text())["records"]
+    assert len(records) == 2 and all(r["scores"] in ([0.0], [1.0]) for r in records)
+    # the math checker against --answer when no reward is given; nothing to score against is refused
+    assert run_eval(_args(*flags[:6], "--answer", "sol", "--completions", str(done), "--out", "a.json")) == 0
+    assert json.loads((tmp_path / "a.json").read_text())["metrics"]["mean_reward"] == pytest.approx(0.5)
+    with pytest.raises(DataError, match="--answer FIELD .* or --reward"):
+        run_eval(_args(*flags[:6], "--completions", str(done), "--out", "x.json"))
