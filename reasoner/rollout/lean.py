@@ -43,8 +43,15 @@ def unsupported(model: torch.nn.Module) -> str | None:
         return "Mistral's sliding window"
     if getattr(config, "pretraining_tp", 1) != 1:
         return "pretraining_tp != 1"
+    if not hasattr(inner, "rotary_emb"):
+        return "no model-level rotary embedding (transformers too old)"
     for i, layer in enumerate(inner.layers):
         attn, mlp = layer.self_attn, layer.mlp
+        missing = [a for a in ("head_dim", "scaling") if not hasattr(attn, a)] + (
+            [] if hasattr(mlp, "act_fn") else ["mlp.act_fn"]
+        )
+        if missing:
+            return f"layer {i} lacks {', '.join(missing)} (transformers too old)"
         linears = [
             attn.q_proj,
             attn.k_proj,

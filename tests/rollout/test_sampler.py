@@ -260,3 +260,29 @@ def test_the_rollout_sampler_setting_reaches_the_engine(peaked, tokenizer, tiny_
     assert load_config(None, []).rollout.sampler == "fast"
     with pytest.raises(ConfigError, match="generate"):
         load_config(None, ["rollout.sampler=beam"])
+
+
+def test_models_the_lean_step_does_not_know_decode_through_their_forward(peaked, tokenizer):
+    """A model with a wrapped projection (as peft's LoRA layers are) is refused by the lean step, with the reason,
+    and the default sampler decodes it through the model's forward instead: the same greedy tokens."""
+    import copy
+
+    from reasoner.rollout.lean import unsupported
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    wrapped = copy.deepcopy(peaked)
+    wrapped.model.layers[0].self_attn.q_proj = Wrapped(wrapped.model.layers[0].self_attn.q_proj)
+    assert unsupported(peaked) is None
+    assert "layer 0 has projections that are not plain nn.Linear" in unsupported(wrapped)
+    enc, eos, pad = encode(tokenizer, MIXED), tokenizer.eos_token_id, tokenizer.pad_token_id
+    with pytest.raises(ValueError, match="lean=True cannot run: layer 0"):
+        fast(wrapped, enc, 2, 6, eos, pad, share=(True, True))
+    with torch.no_grad():
+        assert fast(wrapped, enc, 2, 6, eos, pad).tolist() == fast(peaked, enc, 2, 6, eos, pad).tolist()
