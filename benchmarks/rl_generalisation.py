@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from reasoner.rollout import SamplingParams
     from reasoner.rollout.hf import HFEngine
     from reasoner.tasks import get_task
-    from reasoner.trainer import score, update
+    from reasoner.trainer import score
+    from reasoner.update import update
 
     cfg = load_config(ROOT / "configs" / "math-grpo.yaml", [f"algo.beta={args.beta}", f"optim.lr={args.lr}"])
     torch.set_num_threads(1)

@@ -38,8 +38,10 @@ from reasoner.models import build_tiny_model, default_device, load_policy, load_
 from reasoner.optim import make_optimizer
 from reasoner.rewards import get_reward
 from reasoner.rollout import Rollout, SamplingParams, make_engine
+from reasoner.stream import batch_for_step
 from reasoner.tasks import get_task
-from reasoner.trainer import batch_for_step, score, update
+from reasoner.trainer import score
+from reasoner.update import update
 
 RESULTS = Path(__file__).parent / "results"
 QWEN_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

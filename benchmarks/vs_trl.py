@@ -29,8 +29,8 @@ import torch
 
 from reasoner.config import load_config
 from reasoner.models import build_tiny_model, count_parameters, load_policy, load_tokenizer
+from reasoner.stream import prompt_renderer, stream_slice
 from reasoner.tasks import get_task
-from reasoner.trainer import prompt_renderer, stream_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"

@@ -137,7 +137,7 @@ def wrap_fsdp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """``model`` sharded with FSDP2 (each decoder layer, then the root) on several ranks; unchanged otherwise.
 
     Parameters become DTensor shards, in place: build the optimizer afterwards. Every forward all-gathers, so
-    every rank must run the same forwards: fine for ``reasoner.trainer.update`` on even shards, not for
+    every rank must run the same forwards: fine for ``reasoner.update.update`` on even shards, not for
     HF ``generate`` on different prompts (use the vLLM engine, which gets full weights via
     ``reasoner.rollout.weights.named_weights``).
     """

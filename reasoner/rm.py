@@ -13,7 +13,7 @@ Field names are configurable (``rm.prompt_field`` ...); every other field is kep
 row (1-based) and the field.
 
 The loop is `reasoner train`'s machinery on pairs: ``optim.make_optimizer``/``make_scheduler``, stateless
-batches (``trainer.batch_for_step``), atomic checkpoints and resume (``checkpoint.py``), JSON-lines metrics
+batches (``stream.batch_for_step``), atomic checkpoints and resume (``checkpoint.py``), JSON-lines metrics
 and a PNG (``metrics.py``), a tqdm bar, Ctrl-C/SIGTERM saving a checkpoint.
 """
 
@@ -165,7 +165,8 @@ def train_reward_model(
 ) -> dict:
     """Train a Bradley–Terry RM on ``data`` from ``model_path`` (a causal LM, or an RM directory = warm start);
     save it under ``out_dir/final`` with its tokenizer and reward stats; return the result dict."""
-    from reasoner.trainer import GracefulStop, Interrupted, batch_for_step
+    from reasoner.stop import GracefulStop, Interrupted
+    from reasoner.stream import batch_for_step
 
     t_start, rc = time.time(), cfg.rm
     run = Path(out_dir or rc.output_dir)

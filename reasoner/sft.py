@@ -156,7 +156,7 @@ def _renderer(cfg: Config, tokenizer, examples: list[Example]):
     or when the rows' prompts are chat messages)."""
     if not (cfg.task.chat_template or any(ex.messages is not None for ex in examples)):
         return lambda ex: ex
-    from reasoner.trainer import prompt_renderer
+    from reasoner.stream import prompt_renderer
 
     render = prompt_renderer(tokenizer, cfg)
     return lambda ex: replace(ex, prompt=render(ex))

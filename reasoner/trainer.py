@@ -32,22 +32,17 @@ last step boundary. ``train.resume=true`` then continues exactly. A second signa
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from reasoner.algo import POLICY_LOSSES, aggregate, kl_penalty, overlong_penalty, varying_groups
-from reasoner.batch import RolloutBatch, make_batch, sequence_logprobs
+from reasoner.algo import POLICY_LOSSES, overlong_penalty, varying_groups
 from reasoner.checkpoint import (
     latest_checkpoint,
     load_extra,
@@ -57,10 +52,8 @@ from reasoner.checkpoint import (
 )
 from reasoner.config import Config, ConfigError, to_dict
 from reasoner.distributed import (
-    DistInfo,
     NullLogger,
     all_reduce_mean,
-    all_reduce_sum,
     barrier,
     broadcast_object,
     destroy,
@@ -82,9 +75,11 @@ from reasoner.models import (
 from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
 from reasoner.rollout import Rollout, SamplingParams, make_engine
-from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
+from reasoner.stop import GracefulStop, Interrupted
+from reasoner.stream import prompt_renderer, stream_slice
 from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
+from reasoner.update import update
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
@@ -428,7 +423,6 @@ def finish(run: Run) -> dict:
 
 
 def _check_algo(cfg: Config) -> None:
-    from reasoner.config import ConfigError
 
     try:
         POLICY_LOSSES.get(cfg.algo.loss)
@@ -451,105 +445,6 @@ def _any_rank(flag: bool, world) -> bool:
     if not world.enabled:
         return flag
     return all_reduce_mean({"flag": float(flag)}, world)["flag"] > 0
-
-
-def update(
-    cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored, pad_id, device, world=None
-) -> dict:
-    """Compute advantages and take ``algo.inner_epochs`` policy-gradient steps on one batch of rollouts.
-
-    Under torchrun pass ``world`` (``DistInfo``) with this rank's share of the batch and ``policy`` in DDP:
-    ``algo.loss_agg=token-mean`` then divides by the token count of every rank's share, not this rank's.
-    """
-    ac = cfg.algo
-    batch = make_batch(rollouts, pad_id, device, cfg.train.shared_prefix, cfg.train.pack)
-    keep = scored.clone()  # [N] samples that take part in the loss
-    if ac.mask_truncated:
-        keep &= torch.tensor([r.finish_reason == "stop" for r in rollouts], device=device)
-    # On-policy with one pass, the old log-probs equal the current ones: take them from the update's own
-    # forward (ratio exactly 1) instead of a separate pass. KL-in-reward estimators need them up front.
-    on_policy = ac.inner_epochs == 1 and not estimator.kl_in_reward
-    old_logp = None if on_policy else _logprobs(policy, batch, cfg)  # [N, T]
-    ref_logp = None if reference is None else _logprobs(reference, batch, cfg)  # [N, T]
-    engine_logp = _engine_logprobs(cfg, rollouts, batch, device)  # [N, T] or None
-    advantages, est_metrics, keep = estimator.advantages(
-        batch, rewards, scored, keep, old_logp, ref_logp
-    )  # [N, T]
-    mask = batch.completion_mask * keep[:, None].float()  # [N, T]
-    kl_in_loss = reference is not None and not estimator.kl_in_reward
-    trainer_logp = torch.zeros_like(batch.completion_mask)  # [N, T] the old log-probs the loss used
-    stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0}
-    # PPO's critic warm-up: no forward, backward or optimizer step (AdamW would move the weights anyway).
-    for _ in range(0 if estimator.policy_frozen else ac.inner_epochs):
-        accumulate_gradients(cfg, policy, batch, mask, advantages, old_logp, ref_logp if kl_in_loss else None,
-                             engine_logp, trainer_logp, stats, world)  # fmt: skip
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.max_grad_norm)
-        stats["grad_norm"] += grad_norm.item() / ac.inner_epochs
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    if ref_logp is not None and not kl_in_loss and old_logp is not None:
-        stats["kl"] = _masked_mean(kl_penalty(old_logp, ref_logp, ac.kl_estimator), mask)
-    if engine_logp is not None:
-        stats |= mismatch_metrics(trainer_logp, engine_logp, batch.completion_mask, cfg.rollout.tis_cap)
-    stats |= estimator.update(batch, mask)
-    lengths = batch.completion_mask.sum(1)
-    return stats | est_metrics | {
-        "completion_len": lengths.mean().item(),
-        "truncated_frac": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
-        "masked_frac": 1.0 - keep.float().mean().item(),
-    }  # fmt: skip
-
-
-def accumulate_gradients(cfg, policy, batch, mask, advantages, old_logp, ref_logp, engine_logp, trainer_logp,
-                         stats, world=None) -> None:  # fmt: skip
-    """One pass over the batch in micro-batches: the policy loss (``algo.loss``) plus ``beta * KL`` when
-    ``ref_logp`` is given, aggregated (``algo.loss_agg``) and weighted so the gradients add up to the batch's."""
-    ac = cfg.algo
-    n, mb = len(batch), cfg.train.micro_batch_size
-    policy_loss = POLICY_LOSSES.get(ac.loss)
-    weight_of = _micro_weights(mask, mb, ac.loss_agg, world or DistInfo())
-    for i in range(0, n, mb):
-        sl = slice(i, i + mb)
-        micro, m = batch.select(sl), mask[sl]
-        last = i + mb >= n  # under DDP, all-reduce the gradients once per optimizer step
-        # no_sync must hold the forward too: DDP decides in the forward whether the backward all-reduces.
-        with nullcontext() if last or not isinstance(policy, DDP) else policy.no_sync():
-            logp, entropy = sequence_logprobs(
-                policy, micro, cfg.rollout.temperature, with_entropy=True
-            )  # [mb, T]
-            old = logp.detach() if old_logp is None else old_logp[sl]
-            pg, clipped = policy_loss(logp, old, advantages[sl], m, ac.clip_low, ac.clip_high)  # [mb, T]
-            if engine_logp is not None:
-                trainer_logp[sl] = old
-                if cfg.rollout.use_engine_logprobs:  # truncated importance sampling: the engine sampled
-                    pg = pg * tis_weights(old, engine_logp[sl], cfg.rollout.tis_cap)
-            loss = pg
-            if ref_logp is not None:
-                kl = kl_penalty(logp, ref_logp[sl], ac.kl_estimator)
-                loss = loss + ac.beta * kl
-                stats["kl"] += _masked_mean(kl.detach(), m) / ac.inner_epochs * _frac(m, mask)
-            total = aggregate(loss, m, ac.loss_agg, norm_length=cfg.rollout.max_new_tokens) * weight_of(sl)
-            total.backward()  # on every rank even when m is empty: DDP ranks must run the same backwards
-        stats["loss"] += total.item() / ac.inner_epochs
-        stats["clip_frac"] += _masked_mean(clipped.float(), m) / ac.inner_epochs * _frac(m, mask)
-        stats["entropy"] += _masked_mean(entropy, m) / ac.inner_epochs * _frac(m, mask)
-
-
-@torch.no_grad()
-def _logprobs(model, batch: RolloutBatch, cfg: Config) -> torch.Tensor:
-    mb = cfg.train.micro_batch_size
-    return torch.cat([sequence_logprobs(model, batch.select(slice(i, i + mb)), cfg.rollout.temperature)[0]
-                      for i in range(0, len(batch), mb)])  # fmt: skip
-
-
-def _engine_logprobs(cfg, rollouts, batch, device) -> torch.Tensor | None:
-    if rollouts[0].logprobs is not None:  # the engine reported its own log-probs (vLLM)
-        return engine_logprob_tensor(rollouts, batch.completion_mask.shape[1], device)  # [N, T]
-    if cfg.rollout.use_engine_logprobs:
-        raise ValueError(
-            "rollout.use_engine_logprobs=true needs an engine that reports log-probs (rollout.engine=vllm)"
-        )
-    return None
 
 
 def score(
@@ -575,153 +470,8 @@ def score(
     return rewards, scored, metrics
 
 
-def batch_for_step(examples: list[Example], step: int, size: int, seed: int) -> list[Example]:
-    """The prompts of ``step`` without refill: a stateless function of (seed, step), so a resumed run sees the
-    same data.
-
-    >>> data = [Example(str(i), str(i)) for i in range(5)]
-    >>> [e.prompt for e in batch_for_step(data, 2, 3, seed=0)] == [e.prompt for e in batch_for_step(data, 2, 3, seed=0)]
-    True
-    """
-    return stream_slice(examples, step * size, size, seed)
-
-
-def stream_slice(examples: list[Example], start: int, size: int, seed: int) -> list[Example]:
-    """Prompts ``start .. start + size`` of the endless stream: epoch after epoch, each in its own seeded order.
-
-    >>> data = [Example(str(i), str(i)) for i in range(5)]
-    >>> sorted(e.prompt for e in stream_slice(data, 0, 5, seed=0))  # one epoch holds every prompt once
-    ['0', '1', '2', '3', '4']
-    """
-    out = []
-    for i in range(start, start + size):
-        epoch, j = divmod(i, len(examples))
-        out.append(examples[_permutation(len(examples), seed, epoch)[j]])
-    return out
-
-
-_PERMS: dict[tuple[int, int, int], list[int]] = {}
-
-
-def _permutation(n: int, seed: int, epoch: int) -> list[int]:
-    key = (n, seed, epoch)
-    if key not in _PERMS:
-        perm = list(range(n))
-        random.Random(f"{seed}-{epoch}").shuffle(perm)
-        _PERMS.clear()  # keep only the current epoch's order
-        _PERMS[key] = perm
-    return _PERMS[key]
-
-
-def prompt_renderer(tokenizer, cfg: Config):
-    """The text the policy continues: a conversational example (``ex.messages``) always goes through the chat
-    template, as TRL does; a plain prompt only with ``task.chat_template``."""
-    system = cfg.task.system_prompt
-
-    def render(ex: Example) -> str:
-        if ex.messages is None and not cfg.task.chat_template:
-            return ex.prompt
-        messages = ex.messages if ex.messages is not None else [{"role": "user", "content": ex.prompt}]
-        if system and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system}, *messages]
-        if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                f"the tokenizer of {cfg.model.tokenizer or cfg.model.path!r} has no chat template, which "
-                + ("the conversational prompts of the data need (task.prompt names a field of chat messages): "
-                   "give a template over a text field instead, or a model with a chat template"
-                   if ex.messages is not None else "task.chat_template=true needs")
-            )  # fmt: skip
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    return render
-
-
-def _micro_weights(mask: torch.Tensor, mb: int, mode: str, world):
-    """Weights that make the sum of per-micro-batch aggregates equal the aggregate over the whole batch.
-
-    Several ranks: DDP averages the ranks' gradients, so the per-sequence modes (equal shares of sequences) need
-    nothing more; ``token-mean`` divides by every rank's tokens and multiplies back the number of ranks.
-    """
-    n = mask.shape[0]
-    ranks = world.world_size if world.enabled else 1
-    total_tokens = all_reduce_sum(mask.sum(), world).clamp(min=1) if mode == "token-mean" else None
-
-    def weight(sl: slice) -> float:
-        if mode == "token-mean":
-            return (mask[sl].sum() * ranks / total_tokens).item()
-        return len(range(n)[sl]) / n
-
-    return weight
-
-
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    return ((x * mask).sum() / mask.sum().clamp(min=1)).item()
-
-
-def _frac(part: torch.Tensor, whole: torch.Tensor) -> float:
-    return (part.sum() / whole.sum().clamp(min=1)).item()
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop asked for by SIGINT or SIGTERM: raised at a step boundary after saving, or out of a phase that
-    changes no training state (an evaluation, the SFT warm start). ``reasoner train`` exits with 130."""
-
-
-class GracefulStop:
-    """SIGINT (Ctrl-C) and SIGTERM as a request to stop at the next step boundary; a second one aborts at once.
-
-    The handlers only set ``requested``, so an optimizer step or a checkpoint is never cut in half. Inside
-    ``immediate()`` the first signal raises ``Interrupted`` on the spot instead.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.immediate_ok = True  # False under torchrun: ranks must stop together, at a boundary
-        self._immediate = False
-        self._previous = {}
-        if _main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                # A background job's ignored Ctrl-C stays ignored.
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._handler)
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt  # the second signal: abort now, save nothing
-        self.requested = True
-        # os.write, not print: a handler can run while the main code is inside a print
-        os.write(2, f"\n[train] {signal.Signals(signum).name}: stopping at the next step boundary "
-                    "(send it again to abort without saving)\n".encode())  # fmt: skip
-        if self._immediate:
-            raise Interrupted
-
-    @contextmanager
-    def immediate(self):
-        """A phase that changes no training state: a signal inside it stops the phase at once."""
-        if not self.immediate_ok:
-            yield
-            return
-        if self.requested:
-            raise Interrupted
-        self._immediate = True
-        try:
-            yield
-        finally:
-            self._immediate = False
-
-    def restore(self):
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def result_line(result: dict) -> str:
     return json.dumps(result)
 
 
-__all__ = ["train", "update", "score", "batch_for_step", "prompt_renderer", "RolloutBatch", "asdict"]
+__all__ = ["train", "score", "result_line"]

@@ -41,7 +41,7 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
     from reasoner.optim import make_optimizer
     from reasoner.rollout import SamplingParams
     from reasoner.rollout.hf import HFEngine
-    from reasoner.trainer import update
+    from reasoner.update import update
 
     info = init_from_env(backend="gloo", timeout_s=60)
     try:
@@ -196,7 +196,7 @@ def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False, algo
     from reasoner.models import load_policy, load_tokenizer
     from reasoner.optim import make_optimizer
     from reasoner.rollout.weights import named_weights
-    from reasoner.trainer import update
+    from reasoner.update import update
 
     cpu = torch.device("cpu")
     cfg = load_config(None, PPO_ARGS + [f"algo.name={algo}"])

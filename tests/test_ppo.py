@@ -175,7 +175,7 @@ def test_update_lowers_the_value_loss_on_a_fixed_batch(setup):
 
 
 def test_warmup_freezes_the_policy_while_the_critic_learns(setup):
-    from reasoner.trainer import update as trainer_update
+    from reasoner.update import update as trainer_update
 
     policy, batch, path = setup
     cfg = _cfg("algo.critic_warmup_steps=2", "algo.beta=0.0", "optim.lr=1e-2")

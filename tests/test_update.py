@@ -1,4 +1,4 @@
-"""``trainer.update`` off its default path, on the real tiny model: each option changes exactly what it names.
+"""``reasoner.update.update`` off its default path, on the real tiny model: each option changes exactly what it names.
 
 Gradients are read through an optimizer that records them (no clipping: ``optim.max_grad_norm`` is huge), so
 each test compares the update's own gradients with the ones the option promises.
@@ -11,7 +11,7 @@ from reasoner.config import load_config
 from reasoner.estimators import make_estimator
 from reasoner.models import load_policy, load_tokenizer
 from reasoner.rollout import Rollout
-from reasoner.trainer import update
+from reasoner.update import update
 
 CPU = torch.device("cpu")
 

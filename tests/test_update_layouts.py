@@ -17,7 +17,7 @@ from reasoner.layout import pack_batch
 from reasoner.models import load_policy, load_tokenizer
 from reasoner.ppo import Critic
 from reasoner.rollout import Rollout
-from reasoner.trainer import update
+from reasoner.update import update
 
 CPU = torch.device("cpu")
 # (shared_prefix, pack); (False, False), the plain padded path, is the reference
@@ -124,7 +124,7 @@ def test_a_completion_attends_to_its_prompt_and_itself_only(tiny):
 
 
 def _record_update(model_dir, tokenizer, rollouts, overrides, seed=0):
-    """One trainer.update() on a fresh policy; its loss metrics and the gradient it applied."""
+    """One reasoner.update.update() on a fresh policy; its loss metrics and the gradient it applied."""
     cfg = load_config(None, ["rollout.n=4", "optim.max_grad_norm=1e9", "optim.lr=0", *overrides])
     policy = load_policy(str(model_dir), "float32", CPU)
     reference = load_policy(str(model_dir), "float32", CPU).eval().requires_grad_(False)
