@@ -64,14 +64,31 @@ class GroupEstimator:
 
     def __init__(self, cfg, policy=None, model_path=None, device=None, world=None):
         # Batch-wide statistics (REINFORCE++'s whitening) sum over every rank's share of the batch.
-        self._sum = partial(all_reduce_sum, info=world or DistInfo())
+        self._world = world or DistInfo()
+        self._sum = partial(all_reduce_sum, info=self._world)
         self.group_size, self.scale = cfg.rollout.n, cfg.algo.scale_rewards
         self.drop_zero_variance = cfg.algo.drop_zero_variance or cfg.algo.refill_rounds > 0
         self.beta, self.kl_estimator, self.gamma = cfg.algo.beta, cfg.algo.kl_estimator, cfg.algo.gamma
 
     def sequence_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """Prompt-major rewards [N] -> one advantage per sequence [N]."""
+        if self.scale == "batch" and self._world.enabled:  # the std of every rank's rewards, not this share's
+            return group_advantages(rewards, self.group_size, "none") / self._batch_std(rewards)
         return group_advantages(rewards, self.group_size, self.scale)
+
+    def _batch_std(self, rewards: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """The unbiased std of the whole batch's rewards (all ranks) + eps, as ``scale_rewards=batch`` on one
+        process (reasoner.algo.advantages); 1 when the batch holds a single reward."""
+        device = self._world.device if self._world.backend == "nccl" else torch.device("cpu")
+        x = rewards.detach().to(device, torch.float64)
+        moments = torch.stack(
+            [torch.tensor(float(x.numel()), dtype=x.dtype, device=device), x.sum(), (x * x).sum()]
+        )
+        count, total, squares = self._sum(moments).tolist()
+        if count < 2:
+            return torch.ones((), dtype=rewards.dtype, device=rewards.device)
+        var = max(squares - total * total / count, 0.0) / (count - 1)
+        return torch.tensor(var**0.5 + eps, dtype=rewards.dtype, device=rewards.device)
 
     def token_advantages(self, batch, rewards, mask, old_logp, ref_logp) -> torch.Tensor:
         """Rewards [N] -> advantages [N, T]; ``mask`` [N, T] holds the tokens that take part in the loss."""

@@ -376,3 +376,39 @@ def test_ppo_training_on_two_ranks_keeps_policy_and_critic_in_step_and_resumes(t
             assert torch.equal(resumed[1][part][name], resumed[0][part][name]), f"resumed: {part} {name}"
             assert torch.allclose(resumed[0][part][name], want, atol=1e-6), f"resume changed {part} {name}"
     assert any(not torch.equal(full[0]["critic"][n], t) for n, t in start.items()), "step 3 left the critic"
+
+
+def _batch_std_rank(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    from reasoner.config import load_config
+    from reasoner.estimators import make_estimator
+
+    info = init_from_env(backend="gloo", timeout_s=60)
+    try:
+        cfg = load_config(None, ["rollout.n=4", "algo.scale_rewards=batch"])
+        rewards = BATCH_STD_REWARDS[rank * 8 : (rank + 1) * 8]  # this rank's 2 prompts x 4 samples
+        advantages = make_estimator(cfg, None, None, torch.device("cpu"), info).sequence_advantages(rewards)
+        torch.save(advantages, os.path.join(out_dir, f"adv{rank}.pt"))
+    finally:
+        destroy(info)
+
+
+BATCH_STD_REWARDS = torch.tensor(
+    [0.0, 1, 1, 0, 0, 0, 0, 1, 5, 5, 6, 6, 9, 9, 9, 9]
+)  # rank 1's share is wider
+
+
+@pytest.mark.timeout(120)
+def test_scale_rewards_batch_divides_by_the_std_of_every_ranks_rewards(tmp_path, monkeypatch):
+    """``algo.scale_rewards=batch`` on 2 ranks with half the batch each gives the advantages one process gets with
+    the whole batch (each rank's own std would differ: rank 0's rewards are 0/1, rank 1's 5-9)."""
+    from reasoner.algo import group_advantages
+
+    monkeypatch.syspath_prepend(str(REPO))
+    torch.multiprocessing.spawn(_batch_std_rank, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD)
+    got = torch.cat([torch.load(tmp_path / f"adv{r}.pt") for r in range(WORLD)])
+    whole = group_advantages(BATCH_STD_REWARDS, 4, "batch")
+    assert torch.allclose(got, whole, atol=1e-6), (got, whole)
+    per_rank = torch.cat([group_advantages(BATCH_STD_REWARDS[i : i + 8], 4, "batch") for i in (0, 8)])
+    assert not torch.allclose(got, per_rank, atol=1e-3)  # what each rank alone would have computed
