@@ -14,7 +14,9 @@ row (1-based) and the field.
 
 The loop is `reasoner train`'s machinery on pairs: ``optim.make_optimizer``/``make_scheduler``, stateless
 batches (``trainer.batch_for_step``), atomic checkpoints and resume (``checkpoint.py``), JSON-lines metrics
-and a PNG (``metrics.py``), a tqdm bar, Ctrl-C/SIGTERM saving a checkpoint.
+and a PNG (``metrics.py``), a tqdm bar, Ctrl-C/SIGTERM saving a checkpoint. ``rm.lm_coef`` adds a language-modelling
+term on the chosen responses through the backbone's LM head (hidden-state regularisation, Yang et al. 2024); the
+head is used in training only, and the saved model is the plain sequence classifier either way.
 """
 
 from __future__ import annotations
