@@ -271,3 +271,33 @@ def test_lm_coef_adds_its_term_and_zero_is_the_plain_bradley_terry_loss(tiny_mod
     assert lm["bt_loss"] == pytest.approx(plain["loss"], rel=1e-6)  # same init, same batch
     assert lm["loss"] == pytest.approx(lm["bt_loss"] + 0.5 * lm["lm_loss"], rel=1e-6)
     assert lm["lm_loss"] > 1.0  # an untrained model's cross-entropy, far from 0
+
+
+def test_an_untied_model_uses_its_causal_lm_head_frozen_and_an_rm_without_one_is_a_clear_error(
+    tiny_model_dir, tmp_path
+):
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from reasoner.rewards.model import load_rm
+    from reasoner.rm import rm_lm_head
+
+    untied = tmp_path / "untied"
+    shutil.copytree(tiny_model_dir, untied)
+    config = LlamaForCausalLM.from_pretrained(str(tiny_model_dir)).config
+    config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    causal = LlamaForCausalLM(config).eval()
+    causal.save_pretrained(untied)
+    model, tok = load_rm(str(untied))
+    head = rm_lm_head(model, str(untied))
+    h = torch.randn(2, 3, config.hidden_size)
+    with torch.no_grad():
+        expected = causal.lm_head(h)
+    assert torch.allclose(head(h), expected) and not head(h).requires_grad  # frozen: shapes, is not trained
+    assert not torch.allclose(expected, h @ model.get_input_embeddings().weight.T)  # really untied
+    model.save_pretrained(tmp_path / "rm")  # a sequence classifier: no LM head in its weights
+    tok.save_pretrained(tmp_path / "rm")
+    with pytest.raises(ValueError, match="rm.lm_coef"):
+        rm_lm_head(load_rm(str(tmp_path / "rm"))[0], str(tmp_path / "rm"))
