@@ -286,6 +286,9 @@ class RMConfig:
     center_coef: float = (
         0.0  # coefficient * mean((r_chosen + r_rejected)^2), TRL's center_rewards_coefficient
     )
+    # Auxiliary LM loss on the chosen responses (hidden-state regularisation, Yang et al. 2024): loss = BT +
+    # lm_coef * next-token cross-entropy through the backbone's LM head; the saved RM is still a plain classifier.
+    lm_coef: float = 0.0
     max_length: int = 512  # tokens per prompt + response (longer texts keep their end)
     eval_every: int = 50  # 0 = only at the end
     save_every: int = 100

@@ -14,7 +14,9 @@ row (1-based) and the field.
 
 The loop is `reasoner train`'s machinery on pairs: ``optim.make_optimizer``/``make_scheduler``, stateless
 batches (``stream.batch_for_step``), atomic checkpoints and resume (``checkpoint.py``), JSON-lines metrics
-and a PNG (``metrics.py``), a tqdm bar, Ctrl-C/SIGTERM saving a checkpoint.
+and a PNG (``metrics.py``), a tqdm bar, Ctrl-C/SIGTERM saving a checkpoint. ``rm.lm_coef`` adds a language-modelling
+term on the chosen responses through the backbone's LM head (hidden-state regularisation, Yang et al. 2024); the
+head is used in training only, and the saved model is the plain sequence classifier either way.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy
+from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy, response_lm_loss
 from reasoner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_json_atomic
 from reasoner.config import Config, RMConfig, to_dict
 from reasoner.data import DataError, load_records
@@ -53,6 +55,7 @@ class Pair:
     weight: float = 1.0
     meta: dict[str, Any] = field(default_factory=dict)
     chat: bool = False  # rendered with the chat template
+    prompt: str = ""  # the start of both texts that is the prompt (skipped by the auxiliary LM loss)
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -109,7 +112,14 @@ def _pair(row: dict, n: int, source: str, tokenizer, rc: RMConfig) -> Pair:
     skip = {rc.prompt_field, rc.chosen_field, rc.rejected_field, rc.margin_field, rc.weight_field}
     meta = {k: v for k, v in row.items() if k not in skip}
     chat = isinstance(row[rc.chosen_field], list)
-    return Pair(chosen, rejected, nums[rc.margin_field], nums[rc.weight_field], meta, chat)
+    # The prompt: given, or (implicit and conversational rows) the text both responses share.
+    shared = prompt if isinstance(prompt, str) and not chat else chosen[: _shared_len(chosen, rejected)]
+    return Pair(chosen, rejected, nums[rc.margin_field], nums[rc.weight_field], meta, chat, shared)
+
+
+def _shared_len(a: Sequence, b: Sequence) -> int:
+    """How many leading items ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _render(prompt: Any, response: Any, tokenizer, where: str, prompt_where: str) -> str:
@@ -152,12 +162,63 @@ def _messages(value: Any, where: str) -> list[dict]:
 
 
 def pair_scores(
-    model, tokenizer, pairs: list[Pair], max_length: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r_chosen [B], r_rejected [B]) with gradients: one forward over the 2B texts."""
+    model, tokenizer, pairs: list[Pair], max_length: int, device, lm_head=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(r_chosen [B], r_rejected [B], LM loss of the chosen responses or None) with gradients: one forward
+    over the 2B texts. With ``lm_head`` (``rm_lm_head``) the backbone's final hidden states, the ones the score
+    head reads, also go through the LM head: the loss is ``response_lm_loss`` on the chosen responses."""
     enc = encode_texts(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs], max_length, device)
-    r = model(**enc).logits[:, 0].float()  # [2B]
-    return r[: len(pairs)], r[len(pairs) :]
+    if lm_head is None:
+        r = model(**enc).logits[:, 0].float()  # [2B]
+        return r[: len(pairs)], r[len(pairs) :], None
+    hidden = {}
+
+    def keep(module, args, out) -> None:  # returns None: the forward's output is unchanged
+        hidden["h"] = out[0]  # [2B, L, H] the final (normed) hidden states
+
+    hook = _backbone(model).register_forward_hook(keep)
+    try:
+        r = model(**enc).logits[:, 0].float()  # [2B]
+    finally:
+        hook.remove()
+    n = len(pairs)
+    ids = enc["input_ids"][:n]  # [B, L] the chosen texts
+    mask = enc["attention_mask"][:n].clone()
+    for i, p in enumerate(pairs):  # mask out the prompt's tokens (those still in the kept window)
+        full = tokenizer(p.chosen)["input_ids"]
+        shared = _shared_len(full, tokenizer(p.prompt)["input_ids"]) if p.prompt else 0
+        mask[i, : max(0, shared - (len(full) - min(len(full), max_length)))] = 0
+    lm = response_lm_loss(lm_head(hidden["h"][:n]), ids, mask)
+    return r[:n], r[n:], lm
+
+
+def _backbone(model) -> torch.nn.Module:
+    """The transformer under the score head (through a peft wrapper too): its output is the final hidden states."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.base_model
+
+
+def rm_lm_head(model, model_path: str):
+    """The LM head of the auxiliary loss, as a function of hidden states [B, L, H] -> logits [B, L, V]: the RM's
+    own input embeddings where the model ties them (the tiny model, many small LMs), so it trains with the RM;
+    else the causal LM's head loaded from ``model_path``, frozen (it shapes the hidden states; it is not saved)."""
+    emb = model.get_input_embeddings()
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "tie_word_embeddings", False):
+        return lambda h: torch.nn.functional.linear(h, emb.weight)
+    from transformers import AutoModelForCausalLM
+
+    causal, info = AutoModelForCausalLM.from_pretrained(model_path, output_loading_info=True)
+    out = causal.get_output_embeddings()
+    missing = [k for k in info["missing_keys"] if k.startswith("lm_head")]
+    if out is None or missing:
+        raise ValueError(
+            f"rm.lm_coef > 0 needs the causal LM's head, but {model_path} has none (a reward-model directory of a "
+            "model with untied embeddings?): start from the causal LM, or set rm.lm_coef=0"
+        )
+    out = out.requires_grad_(False).to(emb.weight.device)
+    del causal
+    return lambda h: out(h.to(out.weight.dtype))
 
 
 def train_reward_model(
@@ -188,6 +249,7 @@ def train_reward_model(
     eval_pairs = load_pairs(eval_data, tokenizer, rc, "test") if eval_data is not None else []
     chat = any(p.chat for p in pairs)  # conversational rows: RL-time scoring renders with the chat template
 
+    lm_head = rm_lm_head(model, model_path) if rc.lm_coef else None
     optimizer = make_optimizer(model.parameters(), rc.lr, rc.weight_decay)
     scheduler = make_scheduler(optimizer, rc.warmup_steps, rc.steps, rc.schedule)
     start, history = 0, {}
@@ -227,10 +289,14 @@ def train_reward_model(
             stats = defaultdict(float)
             for k in range(rc.grad_accum):  # micro-batches of one optimizer step
                 micro = batch_for_step(pairs, step * rc.grad_accum + k, rc.batch_size, cfg.train.seed)
-                r_c, r_r = pair_scores(model, tokenizer, micro, rc.max_length, device)
+                r_c, r_r, lm = pair_scores(model, tokenizer, micro, rc.max_length, device, lm_head)
                 margin = torch.tensor([p.margin for p in micro], device=device)
                 weight = torch.tensor([p.weight for p in micro], device=device)
                 loss = bradley_terry_loss(r_c, r_r, margin, weight, rc.center_coef) / rc.grad_accum
+                if lm is not None:
+                    stats["bt_loss"] += loss.item()
+                    stats["lm_loss"] += lm.item() / rc.grad_accum
+                    loss = loss + rc.lm_coef * lm / rc.grad_accum
                 loss.backward()
                 stats["loss"] += loss.item()
                 stats["accuracy"] += pairwise_accuracy(r_c, r_r).mean().item() / rc.grad_accum

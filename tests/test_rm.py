@@ -218,3 +218,86 @@ def test_sigterm_saves_the_step_it_finished_and_resume_continues(tiny_model_dir,
     assert done.returncode == 0, done.stdout + done.stderr
     steps = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if "loss" in ln]
     assert steps == list(range(1, total + 1))
+
+
+def test_the_prompt_is_given_or_the_text_both_responses_share():
+    explicit, implicit = load_pairs(
+        [ROWS[0], {"chosen": "Human: hi\n\nAssistant: hello", "rejected": "Human: hi\n\nAssistant: go away"}],
+        TOK,
+        RC,
+    )
+    assert explicit.prompt == "Ann: what is 3+4?\n"  # not "...\nThe answer is ", which both responses share
+    assert implicit.prompt == "Human: hi\n\nAssistant: "
+
+
+def test_auxiliary_lm_loss_is_the_causal_lms_cross_entropy_on_the_chosen_responses(tiny_model_dir):
+    """Through the RM, the LM term equals what plain transformers' causal LM gives on the chosen response tokens
+    (prompt tokens excluded, truncation from the left honoured), and the scores are the same as without it."""
+    from transformers import AutoModelForCausalLM
+
+    from reasoner.rewards.model import load_rm
+    from reasoner.rm import pair_scores, rm_lm_head
+
+    model, tok = load_rm(str(tiny_model_dir))
+    pairs = load_pairs(ROWS[:2], tok, RC)
+    causal = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    for max_length in (512, 24):  # 24 cuts into both prompts (18 + 16 and 27 + 28 characters)
+        r_c, r_r, lm = pair_scores(
+            model, tok, pairs, max_length, "cpu", rm_lm_head(model, str(tiny_model_dir))
+        )
+        nll, n = 0.0, 0
+        for row in ROWS[:2]:
+            ids = tok(row["prompt"] + row["chosen"])["input_ids"][-max_length:]
+            # the char tokenizer: one token per character; the first kept token has nothing predicting it
+            answer = min(len(tok(row["chosen"])["input_ids"]), len(ids) - 1)
+            with torch.no_grad():
+                logp = torch.log_softmax(causal(torch.tensor([ids])).logits[0, :-1], -1)  # [L-1, V]
+            nll -= logp[-answer:].gather(-1, torch.tensor(ids[-answer:])[:, None]).sum().item()
+            n += answer
+        assert lm.item() == pytest.approx(nll / n, rel=1e-5)
+        plain_c, plain_r, none = pair_scores(model, tok, pairs, max_length, "cpu")
+        assert none is None and torch.equal(plain_c, r_c) and torch.equal(plain_r, r_r)
+
+
+def test_lm_coef_adds_its_term_and_zero_is_the_plain_bradley_terry_loss(tiny_model_dir, tmp_path):
+    data = _write_jsonl(tmp_path / "train.jsonl", ROWS * 4)
+    logged = {}
+    for coef in (0.0, 0.5):
+        cfg = _cfg(tmp_path, "rm.steps=1", "rm.grad_accum=1", "rm.save_every=0", f"rm.lm_coef={coef}")
+        train_reward_model(cfg, str(tiny_model_dir), data, None, tmp_path / f"lm{coef}", progress=False)
+        logged[coef] = json.loads((tmp_path / f"lm{coef}" / "metrics.jsonl").read_text().splitlines()[0])
+    plain, lm = logged[0.0], logged[0.5]
+    assert "lm_loss" not in plain and "bt_loss" not in plain
+    assert lm["bt_loss"] == pytest.approx(plain["loss"], rel=1e-6)  # same init, same batch
+    assert lm["loss"] == pytest.approx(lm["bt_loss"] + 0.5 * lm["lm_loss"], rel=1e-6)
+    assert lm["lm_loss"] > 1.0  # an untrained model's cross-entropy, far from 0
+
+
+def test_an_untied_model_uses_its_causal_lm_head_frozen_and_an_rm_without_one_is_a_clear_error(
+    tiny_model_dir, tmp_path
+):
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from reasoner.rewards.model import load_rm
+    from reasoner.rm import rm_lm_head
+
+    untied = tmp_path / "untied"
+    shutil.copytree(tiny_model_dir, untied)
+    config = LlamaForCausalLM.from_pretrained(str(tiny_model_dir)).config
+    config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    causal = LlamaForCausalLM(config).eval()
+    causal.save_pretrained(untied)
+    model, tok = load_rm(str(untied))
+    head = rm_lm_head(model, str(untied))
+    h = torch.randn(2, 3, config.hidden_size)
+    with torch.no_grad():
+        expected = causal.lm_head(h)
+    assert torch.allclose(head(h), expected) and not head(h).requires_grad  # frozen: shapes, is not trained
+    assert not torch.allclose(expected, h @ model.get_input_embeddings().weight.T)  # really untied
+    model.save_pretrained(tmp_path / "rm")  # a sequence classifier: no LM head in its weights
+    tok.save_pretrained(tmp_path / "rm")
+    with pytest.raises(ValueError, match="rm.lm_coef"):
+        rm_lm_head(load_rm(str(tmp_path / "rm"))[0], str(tmp_path / "rm"))

@@ -4,6 +4,10 @@ Bradley–Terry models P(chosen > rejected) = σ(r_c − r_r); the loss is its n
 −log σ(r_c − r_r − m) with an optional per-pair margin m (Llama 2's margin loss: pairs rated far apart must be
 separated by more). Centring (TRL's ``center_rewards_coefficient``, Eisenstein et al. 2023) adds
 c · mean((r_c + r_r)²), which pins the scale's zero so rewards from different runs are comparable.
+``response_lm_loss`` is the auxiliary language-modelling term of a hidden-state-regularised RM (Yang et al. 2024,
+"Regularizing Hidden States Enables Learning Generalizable Reward Models"): the mean next-token cross-entropy of
+the chosen responses under the backbone's LM head, which keeps the features the score head reads predictive of
+the text.
 
 >>> r_c, r_r = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])
 >>> round(bradley_terry_loss(r_c, r_r).item(), 4)  # (-log σ(2) - log σ(0)) / 2
@@ -39,6 +43,27 @@ def bradley_terry_loss(
     if center_coef:
         loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
     return loss
+
+
+def response_lm_loss(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the tokens where ``mask`` is set: logits [B, L, V] from positions
+    0..L-1, token_ids and mask [B, L]; position t predicts token t+1, so token 0 is never a target. 0 (with a
+    gradient) when no token is masked in.
+
+    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])  # [1, 3, 2]
+    >>> ids, mask = torch.tensor([[0, 0, 1]]), torch.tensor([[0, 1, 1]])  # targets: token 0, then token 1
+    >>> round(response_lm_loss(logits, ids, mask).item(), 4)  # (log 2 + log(1 + e²)) / 2
+    1.41
+    """
+    from reasoner.algo.losses import aggregate, token_logprobs
+
+    if logits.shape[:-1] != token_ids.shape or token_ids.shape != mask.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} must be token_ids {tuple(token_ids.shape)} plus a vocabulary dim, "
+            f"and mask {tuple(mask.shape)} the shape of token_ids"
+        )
+    logp = token_logprobs(logits[:, :-1], token_ids[:, 1:])  # [B, L-1]
+    return -aggregate(logp, mask[:, 1:], "token-mean")
 
 
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from reasoner.algo.pairwise import bradley_terry_loss, ensemble_aggregate, pairwise_accuracy
+from reasoner.algo.pairwise import bradley_terry_loss, ensemble_aggregate, pairwise_accuracy, response_lm_loss
 
 
 def _sig(x):
@@ -67,3 +67,20 @@ def test_ensemble_aggregate_hand_values(mode, lam, expected):
 def test_ensemble_aggregate_rejects_unknown_mode():
     with pytest.raises(ValueError, match="valid: mean, mean-std, min"):
         ensemble_aggregate(torch.zeros(2, 3), "median")
+
+
+def test_response_lm_loss_is_the_mean_cross_entropy_of_the_masked_next_tokens():
+    # Two rows, vocabulary 3; position t predicts token t+1. Row 0 targets tokens 1 and 2 (mask 0 1 1),
+    # row 1 only token 2 (mask 0 0 1; its token 1 is prompt), so 3 targets in all.
+    logits = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [9.0, 9.0, 9.0]],
+                           [[0.0, 0.0, 0.0], [0.0, 0.0, 3.0], [9.0, 9.0, 9.0]]], dtype=torch.float64)  # fmt: skip
+    ids = torch.tensor([[0, 2, 1], [0, 1, 2]])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    lse = [math.log(math.e + 2), math.log(math.exp(2) + 2), math.log(math.exp(3) + 2)]
+    expected = ((lse[0] - 0.0) + (lse[1] - 2.0) + (lse[2] - 3.0)) / 3  # -log p of token 2, token 1, token 2
+    assert response_lm_loss(logits, ids, mask).item() == pytest.approx(expected, rel=1e-6)  # float32 inside
+    assert (
+        response_lm_loss(logits, ids, torch.zeros_like(mask)).item() == 0.0
+    )  # nothing to predict: 0, not NaN
+    with pytest.raises(ValueError, match="mask"):
+        response_lm_loss(logits, ids, mask[:, :2])
