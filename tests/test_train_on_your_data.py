@@ -41,7 +41,8 @@ def _train(tmp_path, model, *extra):
 def test_train_on_a_jsonl_file_with_a_reward_of_yours(tiny_model_dir, tmp_path):
     (tmp_path / "my_reward.py").write_text(REWARD)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    got = _train(tmp_path, tiny_model_dir, "task.reward_workers=1", "model.lora.r=8")  # the contract's command
+    # the contract's command
+    got = _train(tmp_path, tiny_model_dir, "task.reward_workers=1", "model.lora.r=8")
     assert got.returncode == 0, got.stderr[-3000:]
     result = json.loads(got.stdout.strip().splitlines()[-1])
     assert result["task"] == "dataset" and result["steps"] == 2 and 0.0 <= result["eval_after"] <= 1.0
