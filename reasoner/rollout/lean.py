@@ -5,8 +5,9 @@ time goes as much to the Python around the ops as to the ops. transformers' forw
 goes through the cache object, the attention-interface lookup and keyword plumbing in every layer; for the
 tiny model that is a quarter of the step. :class:`LeanDecode` runs the same computation from the model's own
 weights and submodules: embedding, rotary embedding (the model's module, so every rope type), then per layer
-norm, q/k/v projections, rotary, the shared-prompt attention (reasoner.rollout.prefix_attention), output
-projection, norm and gated MLP, then the final norm and the LM head on the one position.
+norm, q/k/v projections (Qwen3's per-head norms), rotary, one attention call over the prompt's and its samples'
+keys (the buffer layout below), output projection, norm and gated MLP, then the final norm and the LM head on
+the one position. It decodes as the model does in eval mode (no dropout), as the engines run it.
 
 It runs only models whose forward it reproduces exactly (:func:`unsupported` says why not otherwise, and the
 sampler then decodes through the model's forward): the Llama, Mistral, Qwen2 and Qwen3 families, full attention
@@ -23,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
-MAX_OWN_SLOTS = (
-    4096  # n * max_new_tokens: above it, scoring the masked sibling slots costs more than it saves
-)
+# n * max_new_tokens up to which the lean step runs: above it, scoring the masked sibling slots costs more
+# than the fused attention saves
+MAX_OWN_SLOTS = 4096
 
 
 def unsupported(model: torch.nn.Module) -> str | None:
@@ -129,9 +130,8 @@ class LeanDecode:
             k = attn.k_proj(h).view(rows, 1, -1, dim)
             if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before the rotary embedding
                 q, k = _norm(attn.q_norm, q), _norm(attn.k_norm, k)
-            q, k = self.rope(
-                q.transpose(1, 2), k.transpose(1, 2), cos, sin
-            )  # [A, heads, 1, dim], [A, kv, 1, dim]
+            # [A, heads, 1, dim] and [A, kv, 1, dim]
+            q, k = self.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
             kv = k.shape[1]
             self.keys[i][:, :, slots] = k.view(prompts, n, kv, dim).transpose(1, 2)
             self.values[i][:, :, slots] = attn.v_proj(h).view(prompts, n, kv, dim).transpose(1, 2)
