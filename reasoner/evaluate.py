@@ -352,13 +352,13 @@ def _eval_model(
 ) -> EvalReport:
     from reasoner.models import load_policy, load_tokenizer
     from reasoner.rollout.hf import HFEngine
+    from reasoner.stream import chat_renderer
 
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.8)
     tok = load_tokenizer(args.model)
     model = load_policy(args.model, dtype=args.dtype)
     engine = HFEngine(model, tok, batch_size=args.batch_size)
-    plain = not args.chat_template and all(ex.messages is None for ex in examples)
-    render = (lambda ex: ex.prompt) if plain else _chat_render(tok, args.system_prompt)
+    render = chat_renderer(tok, args.system_prompt, args.chat_template, args.model, "--chat-template")
     return evaluate_model(
         engine,
         task,
@@ -374,24 +374,6 @@ def _eval_model(
         batch_prompts=max(1, args.batch_size // args.n),
         reward=reward,
     )
-
-
-def _chat_render(tokenizer, system_prompt: str | None) -> Callable[[Example], str]:
-    """Prompts through the chat template: a row's own messages (a prompt field of chat messages), else the prompt
-    as the user's message; ``system_prompt`` first unless the messages start with one."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            "the model's tokenizer has no chat template, which --chat-template and prompts given as chat messages "
-            "need: drop --chat-template, or give --prompt a template over a text field"
-        )
-
-    def render(ex: Example) -> str:
-        messages = list(ex.messages) if ex.messages is not None else [{"role": "user", "content": ex.prompt}]
-        if system_prompt and messages[0]["role"] != "system":
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    return render
 
 
 def _k_values(spec: str | None, n: int) -> tuple[int, ...]:

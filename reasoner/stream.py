@@ -53,20 +53,28 @@ def _permutation(n: int, seed: int, epoch: int) -> list[int]:
 def prompt_renderer(tokenizer, cfg: Config):
     """The text the policy continues: a conversational example (``ex.messages``) always goes through the chat
     template, as TRL does; a plain prompt only with ``task.chat_template``."""
-    system = cfg.task.system_prompt
+    name = cfg.model.tokenizer or cfg.model.path
+    return chat_renderer(
+        tokenizer, cfg.task.system_prompt, cfg.task.chat_template, name, "task.chat_template=true"
+    )
+
+
+def chat_renderer(tokenizer, system: str | None, chat_template: bool, name: str, flag: str):
+    """:func:`prompt_renderer` from its parts (``reasoner eval`` passes its flags); ``flag`` names the setting that
+    turns the template on, for the error when the tokenizer has none."""
 
     def render(ex: Example) -> str:
-        if ex.messages is None and not cfg.task.chat_template:
+        if ex.messages is None and not chat_template:
             return ex.prompt
         messages = ex.messages if ex.messages is not None else [{"role": "user", "content": ex.prompt}]
         if system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system}, *messages]
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
-                f"the tokenizer of {cfg.model.tokenizer or cfg.model.path!r} has no chat template, which "
+                f"the tokenizer of {name!r} has no chat template, which "
                 + ("the conversational prompts of the data need (task.prompt names a field of chat messages): "
                    "give a template over a text field instead, or a model with a chat template"
-                   if ex.messages is not None else "task.chat_template=true needs")
+                   if ex.messages is not None else f"{flag} needs")
             )  # fmt: skip
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

@@ -81,11 +81,8 @@ def prefill_once_sample(
     share_prefix = lean or (n > 1 and plain) if share_prefix is None else share_prefix
     if share_prefix and not plain:
         raise ValueError("share_prefix needs a model whose cache layers are all plain DynamicLayers")
-    prefix, step, unit = (
-        None,
-        None,
-        1,
-    )  # unit: rows that leave the batch together (a prompt's n rows when shared)
+    # unit: rows that leave the batch together (a prompt's n rows when they share it)
+    prefix, step, unit = None, None, 1
     if lean:  # one buffer per prompt for its prompt and its samples' tokens (reasoner.rollout.lean)
         step, unit = LeanDecode(model, cache, attention_mask, n, max_new_tokens), n
     elif share_prefix:
