@@ -312,6 +312,11 @@ class RLHFConfig:
     pairs: int = 4000  # training pairs
     eval_pairs: int = 500  # held-out pairs, labelled by the gold rule without noise
     ensemble: int = 1  # reward models (seeds train.seed, +1, ...); more than 1 = a conservative ensemble
+    # the RM's accuracy on the policy's own samples (pairs of its samples to held-out prompts that the gold rule
+    # ranks apart, no noise), before and after RL: how far the RL moved the policy out of what the RM judges well.
+    # Prompts measured, samples per prompt; 0 prompts = off.
+    on_policy_prompts: int = 200
+    on_policy_samples: int = 4
     output_dir: str = "runs/rlhf"
 
 

@@ -5,16 +5,23 @@
 3. train ``rlhf.ensemble`` Bradley–Terry reward models from the warm start (``reasoner.rm``), held-out accuracy
    measured on pairs labelled by the gold rule without noise, next to what "the longer answer wins" scores;
 4. GRPO against the reward model(s) alone (``task.rewards=[{name: model}]``); the task's own reward, the gold
-   rule, is only used to evaluate, so ``eval_before``/``eval_after`` are the gold score before and after.
+   rule, is only used to evaluate, so ``eval_before``/``eval_after`` are the gold score before and after;
+5. the RM's accuracy on the policy's own samples before and after RL (``rm_on_policy_before``/``_after``): pairs
+   of the policy's samples to held-out prompts, labelled by the gold rule. Held-out template pairs measure the RM
+   where it was trained; this measures it where the RL takes the policy, and its fall is over-optimisation seen
+   from the RM's side.
 Ends with one JSON result: ``gold_before``, ``gold_after``, ``rm_accuracy``, ``wall_s`` and the rest.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from reasoner.checkpoint import write_json_atomic
 from reasoner.config import Config, RewardTerm
@@ -63,6 +70,67 @@ def train_reward_models(
     return results
 
 
+def policy_pairs(policy: str, cfg: Config, prompts: list[str], seed: int) -> list[dict]:
+    """Preference rows from ``policy``'s own samples: ``rlhf.on_policy_samples`` answers per prompt (the
+    rollout's temperature and length), every two that the gold rule ``rlhf.rule`` ranks apart, without noise."""
+    from reasoner.models import load_policy, load_tokenizer
+    from reasoner.rollout.base import SamplingParams
+    from reasoner.rollout.hf import HFEngine
+    from reasoner.tasks.preference import family, label_pair
+
+    k = cfg.rlhf.on_policy_samples
+    model = load_policy(policy, device=torch.device("cpu")).eval()
+    engine = HFEngine(model, load_tokenizer(policy), sampler=cfg.rollout.sampler)
+    params = SamplingParams(n=k, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                            seed=seed)  # fmt: skip
+    texts = [r.text for r in engine.generate(prompts, params)]
+    rows = []
+    for i, prompt in enumerate(prompts):
+        group = texts[i * k : (i + 1) * k]
+        for a, b in itertools.combinations(group, 2):
+            pair = label_pair(cfg.rlhf.rule, prompt, a, b)
+            if pair is not None:
+                rows.append(
+                    {"prompt": prompt, "chosen": pair[0], "rejected": pair[1], "family": family(prompt, a, b)}
+                )
+    return rows
+
+
+def on_policy_accuracy(rows: list[dict], reward) -> dict:
+    """How often the reward (the aggregate the RL optimised) ranks the gold-preferred sample higher: overall
+    and per ``family``; ties count half. ``{"accuracy": None}`` when no pair was ranked apart."""
+    if not rows:
+        return {"accuracy": None, "pairs": 0}
+    prompts = [r["prompt"] for r in rows]
+    chosen = reward.score(prompts, [r["chosen"] for r in rows])
+    rejected = reward.score(prompts, [r["rejected"] for r in rows])
+    hits: dict[str, list[float]] = {}
+    for row, c, r in zip(rows, chosen, rejected, strict=True):
+        hit = 1.0 if c > r else 0.5 if c == r else 0.0
+        hits.setdefault("all", []).append(hit)
+        hits.setdefault(row["family"], []).append(hit)
+    mean = {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
+    return {"accuracy": mean.pop("all"), "pairs": len(rows),
+            "by_family": {k: {"accuracy": v, "pairs": len(hits[k])} for k, v in sorted(mean.items())}}  # fmt: skip
+
+
+def measure_on_policy(cfg: Config, policies: dict[str, str], rm_paths: list[str]) -> dict[str, dict]:
+    """``on_policy_accuracy`` of the RM(s) on each named policy's samples to the same held-out prompts."""
+    from reasoner.rewards.model import RewardModel
+    from reasoner.tasks.preference import load
+
+    if cfg.rlhf.on_policy_prompts <= 0:
+        return {}
+    prompts = [
+        ex.prompt for ex in load(cfg.rlhf.rule, None, "test", cfg.rlhf.on_policy_prompts, cfg.train.seed)
+    ]
+    rc = cfg.reward_model
+    reward = RewardModel(rm_paths, normalize=rc.normalize, clip=rc.clip, ensemble=rc.ensemble, lam=rc.lam,
+                         batch_size=rc.batch_size)  # fmt: skip
+    return {name: on_policy_accuracy(policy_pairs(path, cfg, prompts, cfg.train.seed), reward)
+            for name, path in policies.items()}  # fmt: skip
+
+
 def run_rlhf(cfg: Config, progress: bool = True) -> dict:
     from reasoner.sft import run_sft
     from reasoner.trainer import train
@@ -88,17 +156,22 @@ def run_rlhf(cfg: Config, progress: bool = True) -> dict:
     rl.train.output_dir = str(out / "grpo")
     rl.model.path, rl.sft.steps = init, 0  # already warm-started; the reference model is the warm start
     result = train(rl, progress=progress)
+    on_policy = measure_on_policy(cfg, {"before": init, "after": str(Path(rl.train.output_dir) / "final")},
+                                  rl.reward_model.paths)  # fmt: skip
     summary = {
         "gold_before": result["eval_before"], "gold_after": result["eval_after"],
         "gold_gain": round(result["eval_after"] - result["eval_before"], 4),
         "rm_accuracy": round(sum(r["accuracy"] for r in rms) / len(rms), 4),
         "rm_accuracies": [r["accuracy"] for r in rms],
         "length_heuristic_accuracy": round(length_heuristic_accuracy(held_out), 4),
+        **{f"rm_on_policy_{k}": v["accuracy"] for k, v in on_policy.items()},
         "rule": cfg.rlhf.rule, "noise": cfg.rlhf.noise, "ensemble": cfg.rlhf.ensemble, "algo": cfg.algo.name,
         "steps": cfg.train.steps, "final_kl": _last(Path(rl.train.output_dir) / "metrics.jsonl", "kl"),
         "rm_s": round(t_rm - t0, 1), "wall_s": round(time.time() - t0, 1), "output_dir": str(out),
     }  # fmt: skip
     write_json_atomic(out / "result.json", summary)
+    if on_policy:
+        write_json_atomic(out / "rm_on_policy.json", on_policy)
     return summary
 
 
