@@ -21,8 +21,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from reasoner.checkpoint import write_json_atomic
 from reasoner.config import Config, RewardTerm
 
@@ -73,13 +71,13 @@ def train_reward_models(
 def policy_pairs(policy: str, cfg: Config, prompts: list[str], seed: int) -> list[dict]:
     """Preference rows from ``policy``'s own samples: ``rlhf.on_policy_samples`` answers per prompt (the
     rollout's temperature and length), every two that the gold rule ``rlhf.rule`` ranks apart, without noise."""
-    from reasoner.models import load_policy, load_tokenizer
+    from reasoner.models import default_device, load_policy, load_tokenizer
     from reasoner.rollout.base import SamplingParams
     from reasoner.rollout.hf import HFEngine
     from reasoner.tasks.preference import family, label_pair
 
     k = cfg.rlhf.on_policy_samples
-    model = load_policy(policy, device=torch.device("cpu")).eval()
+    model = load_policy(policy, device=default_device()).eval()
     engine = HFEngine(model, load_tokenizer(policy), sampler=cfg.rollout.sampler)
     params = SamplingParams(n=k, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                             seed=seed)  # fmt: skip
@@ -116,6 +114,7 @@ def on_policy_accuracy(rows: list[dict], reward) -> dict:
 
 def measure_on_policy(cfg: Config, policies: dict[str, str], rm_paths: list[str]) -> dict[str, dict]:
     """``on_policy_accuracy`` of the RM(s) on each named policy's samples to the same held-out prompts."""
+    from reasoner.models import default_device
     from reasoner.rewards.model import RewardModel
     from reasoner.tasks.preference import load
 
@@ -125,8 +124,8 @@ def measure_on_policy(cfg: Config, policies: dict[str, str], rm_paths: list[str]
         ex.prompt for ex in load(cfg.rlhf.rule, None, "test", cfg.rlhf.on_policy_prompts, cfg.train.seed)
     ]
     rc = cfg.reward_model
-    reward = RewardModel(rm_paths, normalize=rc.normalize, clip=rc.clip, ensemble=rc.ensemble, lam=rc.lam,
-                         batch_size=rc.batch_size)  # fmt: skip
+    reward = RewardModel(rm_paths, default_device(), normalize=rc.normalize, clip=rc.clip, ensemble=rc.ensemble,
+                         lam=rc.lam, batch_size=rc.batch_size)  # fmt: skip
     return {name: on_policy_accuracy(policy_pairs(path, cfg, prompts, cfg.train.seed), reward)
             for name, path in policies.items()}  # fmt: skip
 

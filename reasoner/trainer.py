@@ -31,6 +31,7 @@ last step boundary. ``train.resume=true`` then continues exactly. A second signa
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import time
@@ -418,6 +419,12 @@ def finish(run: Run) -> dict:
         result["adapter"] = str(run.dir / ADAPTER_DIR)
     if world.is_main:
         write_json_atomic(run.dir / "result.json", result)
+    # The DDP wrappers (their reducers hold the process group) go before the group does, not when train()'s
+    # locals are freed after it: under gloo a rank now and then blocked for good at that point.
+    run.model = run.policy
+    if getattr(run.estimator, "critic", None) is not None:
+        run.estimator.model = run.estimator.critic
+    gc.collect()
     destroy(world)
     return result
 

@@ -329,13 +329,14 @@ def _train_rank_main(rank: int, world: int, port: int, args: list[str], out: str
         torch.save(
             {k: {n: t.clone() for n, t in v.items()} for k, v in state.items()}, f"{out}-rank{rank}.pt"
         )
-        return finish(run)
+        finish(run)
+        # Everything is saved and the process group destroyed. About 1 run in 10, freeing what train() held (as it
+        # returned, or at interpreter exit) blocked one rank for good after the other had left (py-spy: idle in
+        # the frame that called train()). Leave before train() returns.
+        os._exit(0)
 
     trainer.finish = save_then_finish  # a probe on the real loop: train() calls finish() last
     trainer.train(load_config(None, args), progress=False)
-    # Everything is saved and the process group destroyed; about 1 run in 10, freeing gloo's objects at interpreter
-    # exit blocked one rank for good after the other had left (py-spy: idle below this frame). Leave at once.
-    os._exit(0)
 
 
 @pytest.mark.slow
