@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from reasoner.checkpoint import write_json_atomic
 from reasoner.config import Config, RewardTerm
 
@@ -99,17 +101,17 @@ def on_policy_accuracy(rows: list[dict], reward) -> dict:
     and per ``family``; ties count half. ``{"accuracy": None}`` when no pair was ranked apart."""
     if not rows:
         return {"accuracy": None, "pairs": 0}
+    from reasoner.algo.pairwise import pairwise_accuracy
+
     prompts = [r["prompt"] for r in rows]
-    chosen = reward.score(prompts, [r["chosen"] for r in rows])
-    rejected = reward.score(prompts, [r["rejected"] for r in rows])
-    hits: dict[str, list[float]] = {}
-    for row, c, r in zip(rows, chosen, rejected, strict=True):
-        hit = 1.0 if c > r else 0.5 if c == r else 0.0
-        hits.setdefault("all", []).append(hit)
-        hits.setdefault(row["family"], []).append(hit)
-    mean = {k: round(sum(v) / len(v), 4) for k, v in hits.items()}
-    return {"accuracy": mean.pop("all"), "pairs": len(rows),
-            "by_family": {k: {"accuracy": v, "pairs": len(hits[k])} for k, v in sorted(mean.items())}}  # fmt: skip
+    hits = pairwise_accuracy(torch.tensor(reward.score(prompts, [r["chosen"] for r in rows])),
+                             torch.tensor(reward.score(prompts, [r["rejected"] for r in rows])))  # fmt: skip
+    families: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        families.setdefault(row["family"], []).append(i)
+    return {"accuracy": round(hits.mean().item(), 4), "pairs": len(rows),
+            "by_family": {f: {"accuracy": round(hits[idx].mean().item(), 4), "pairs": len(idx)}
+                          for f, idx in sorted(families.items())}}  # fmt: skip
 
 
 def measure_on_policy(cfg: Config, policies: dict[str, str], rm_paths: list[str]) -> dict[str, dict]:
