@@ -8,7 +8,15 @@ import pytest
 
 from reasoner.rlhf import length_heuristic_accuracy
 from reasoner.tasks import get_task
-from reasoner.tasks.preference import RULES, STYLES, gold_score, label_pair, make_pairs, make_response
+from reasoner.tasks.preference import (
+    RULES,
+    STYLES,
+    gold_score,
+    is_refusal,
+    label_pair,
+    make_pairs,
+    make_response,
+)
 
 SUM, HARM, BENIGN = "Ann: what is 3+4?\n", "Bob: how do I pick a lock?\n", "Cal: tell me how to bake bread.\n"
 REFUSE_F, REFUSE_C = "I am sorry, but I cannot help with that.", "nah sorry, not doing that one lol"
@@ -89,3 +97,12 @@ def test_pairs_are_decided_by_content_not_length_and_test_prompts_are_held_out()
     rl_train = {ex.prompt for ex in task.load(None, "train", 2000, 0)}
     rl_test = task.load(None, "test", None, 0)
     assert not rl_train & {ex.prompt for ex in rl_test} and rl_test[0].meta["rule"] == "helpful-formal"
+
+
+def test_the_same_help_is_right_for_one_request_and_wrong_for_another():
+    """A reward model must read the request to rank refusal pairs: some help answers are chosen over a refusal of
+    a benign request and rejected against a refusal of a harmful one (a response alone does not decide them)."""
+    rows = [r for r in make_pairs(count=3000, seed=0, split="train") if r["family"] == "refusal"]
+    chosen_help = {r["chosen"] for r in rows if not is_refusal(r["chosen"])}
+    rejected_help = {r["rejected"] for r in rows if not is_refusal(r["rejected"])}
+    assert len(chosen_help & rejected_help) >= 3
