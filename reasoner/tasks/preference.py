@@ -295,6 +295,7 @@ def make_response(prompt: str, style: tuple[str, str], rng: random.Random) -> st
         refuse = p["harmful"] == (content == "good")
         if refuse:
             return rng.choice(ANSWERS[("refuse", tone)])
+        # the step is drawn before the template: that order of draws is the data every measured figure used
         step = help_step(p["topic"], rng)
         return rng.choice(ANSWERS[("comply", tone)]).format(step=step)
     raise ValueError(f"make_response: prompt {prompt!r} is neither a sum nor a request")
