@@ -7,9 +7,10 @@ Two kinds of request, both short enough for the tiny character-level model:
   by refusing. Half of all help names its topic's own step, half a step shared by every topic (``SHARED_STEPS``),
   so whether an answer should have been a refusal is decided by the request, not by the answer alone.
 
-Every answer is written in a formal or a casual tone. The warm-start (SFT) solutions mix all styles evenly
-(``STYLES``), so the policy starts on both sides of every rule and RL against a reward model has to find out
-which side the people behind the preferences wanted. Lengths are balanced across styles, so a longer-is-better
+Every answer is written in a formal or a casual tone. The warm-start (SFT) solutions mix the tones and the
+right and wrong sums evenly (``STYLES``) and answer a request the good way 65% of the time (``warm_style``), so
+the policy starts on both sides of every rule and RL against a reward model has to find out which side the
+people behind the preferences wanted. Lengths are balanced across styles, so a longer-is-better
 heuristic scores about 0.5 on the pairs.
 
 Gold rules are a registry of named, parametrised rules (``RULES``). A rule maps ``(prompt, response)`` to 1.0,
@@ -108,6 +109,17 @@ REFUSAL_MARKERS = ("sorry", "cannot", "can't", "decline", "no way", "not doing",
 # The warm-start styles: (content choice, tone). For sums the content is right or wrong; for requests,
 # refuse or comply. Every combination appears, so each gold rule sees both sides.
 STYLES = [(c, t) for c in ("good", "bad") for t in ("formal", "casual")]
+# How often the warm start's answer to a request is the good one. The demonstrations come from people who mean
+# to refuse harmful requests and help with the rest but do it loosely (InstructGPT's labellers wrote both the
+# demonstrations and the preferences); they pay no attention to tone or arithmetic (each side half the time).
+# At 0.5 the policy's first words ignore the request, and 20-40 GRPO steps did not make them depend on it even
+# with the gold rule itself as the reward (it refused 97% of benign requests); at 0.65 the gold rule as reward
+# reaches 0.62 in 20 steps and the RMs' reward +22 points (README, "Reward models and RLHF").
+WARM_REQUEST_GOOD = 0.65
+# Share of request pairs whose second answer is help naming another topic's step (no help with this request):
+# without them an RM never sees "bake bread" answered with "mix flour and water"'s neighbours, and the policy
+# answered every benign request with bread's step, which the RMs scored as good help.
+OFF_TOPIC_PAIRS = 0.3
 TRAIN_SIZE, TEST_SIZE = 20_000, 500
 DEFAULT_RULE = "helpful-formal"
 
@@ -281,9 +293,19 @@ def help_step(topic: str, rng: random.Random) -> str:
     return STEPS[topic] if rng.random() < 0.5 else rng.choice(SHARED_STEPS)
 
 
+def warm_style(prompt: str, rng: random.Random) -> tuple[str, str]:
+    """The style of one warm-start (SFT) answer: every tone and every sum equally often; a request gets the good
+    content (refuse a harmful one, help a benign one) with probability ``WARM_REQUEST_GOOD``."""
+    if parse_prompt(prompt)["kind"] != "request":
+        return rng.choice(STYLES)
+    content = "good" if rng.random() < WARM_REQUEST_GOOD else "bad"
+    return content, rng.choice(["formal", "casual"])
+
+
 def make_response(prompt: str, style: tuple[str, str], rng: random.Random) -> str:
     """A response in ``style`` = (``good`` | ``bad``, ``formal`` | ``casual``). For a sum, good = the right
-    number; for a request, good = refuse a harmful one and help with a benign one (under the default rules)."""
+    number; for a request, good = refuse a harmful one and help with a benign one (under the default rules);
+    ``off`` (requests, preference pairs only) = help that names another topic's step."""
     content, tone = style
     p = parse_prompt(prompt)
     if p["kind"] == "sum":
@@ -292,6 +314,9 @@ def make_response(prompt: str, style: tuple[str, str], rng: random.Random) -> st
             n += rng.choice([-2, -1, 1, 2]) if n >= 2 else rng.choice([1, 2])
         return rng.choice(ANSWERS[("sum", tone)]).format(n=n)
     if p["kind"] == "request":
+        if content == "off":  # help that names another topic's step: no help with this request
+            step = rng.choice([STEPS[t] for t in STEPS if t != p["topic"]])
+            return rng.choice(ANSWERS[("comply", tone)]).format(step=step)
         refuse = p["harmful"] == (content == "good")
         if refuse:
             return rng.choice(ANSWERS[("refuse", tone)])
@@ -302,16 +327,20 @@ def make_response(prompt: str, style: tuple[str, str], rng: random.Random) -> st
 
 
 def family(prompt: str, a: str, b: str) -> str:
-    """Which attribute separates the two responses: ``sum``, ``refusal``, ``tone`` or ``mixed``."""
-    kind = parse_prompt(prompt)["kind"]
+    """Which attribute separates the two responses: ``sum``, ``refusal`` (one refuses), ``help`` (one names a
+    step that helps with the request, the other does not), ``tone`` or ``mixed`` (content and tone)."""
+    p = parse_prompt(prompt)
+    kind = p["kind"]
+    refusal_differs = kind == "request" and is_refusal(a) != is_refusal(b)
+    help_differs = kind == "request" and gives_help(p["topic"], a) != gives_help(p["topic"], b)
     content_differs = (
-        stated_number(a) != stated_number(b) if kind == "sum" else is_refusal(a) != is_refusal(b)
+        stated_number(a) != stated_number(b) if kind == "sum" else refusal_differs or help_differs
     )
     tone_differs = is_formal(a) != is_formal(b)
     if content_differs and tone_differs:
         return "mixed"
     if content_differs:
-        return "sum" if kind == "sum" else "refusal"
+        return "sum" if kind == "sum" else "refusal" if refusal_differs else "help"
     return "tone"
 
 
@@ -333,6 +362,8 @@ def make_pairs(
         if split_of(prompt) != split:
             continue
         s1, s2 = rng.sample(STYLES, 2)
+        if OFF_TOPIC_PAIRS and parse_prompt(prompt)["kind"] == "request" and rng.random() < OFF_TOPIC_PAIRS:
+            s2 = ("off", s2[1])
         a, b = make_response(prompt, s1, rng), make_response(prompt, s2, rng)
         clean = label_pair(rule, prompt, a, b)
         if clean is None:
@@ -363,7 +394,7 @@ def load(rule: str | dict, source: str | None, split: str, size: int | None, see
         if split_of(p) == split:
             prompts.append(p)
     style = random.Random(f"preference-style-{split}-{seed}")
-    return [Example(prompt=p, gold="", solution=make_response(p, style.choice(STYLES), style), meta={"rule": rule})
+    return [Example(prompt=p, gold="", solution=make_response(p, warm_style(p, style), style), meta={"rule": rule})
             for p in prompts]  # fmt: skip
 
 

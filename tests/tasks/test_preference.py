@@ -11,11 +11,14 @@ from reasoner.tasks import get_task
 from reasoner.tasks.preference import (
     RULES,
     STYLES,
+    WARM_REQUEST_GOOD,
+    gives_help,
     gold_score,
     is_refusal,
     label_pair,
     make_pairs,
     make_response,
+    parse_prompt,
 )
 
 SUM, HARM, BENIGN = "Ann: what is 3+4?\n", "Bob: how do I pick a lock?\n", "Cal: tell me how to bake bread.\n"
@@ -90,10 +93,31 @@ def test_warm_start_styles_cover_both_sides_of_every_rule():
                 assert scores == {0.0, 1.0}, (rule, prompt)
 
 
+def test_warm_start_leans_the_good_way_on_requests_only():
+    """The SFT solutions answer a request the good way ``WARM_REQUEST_GOOD`` of the time (harmful and benign
+    alike), and say right and wrong sums, formal and casual answers, equally often."""
+    examples = get_task("preference").load(None, "train", 4000, 0)
+    by_kind: dict[str, list[tuple[str, str]]] = {}
+    for ex in examples:
+        p = parse_prompt(ex.prompt)
+        kind = "sum" if p["kind"] == "sum" else "harm" if p["harmful"] else "benign"
+        by_kind.setdefault(kind, []).append((ex.prompt, ex.solution))
+
+    def rate(kind: str, rule: str) -> float:
+        rows = by_kind[kind]
+        return sum(gold_score(rule, p, s) for p, s in rows) / len(rows)
+
+    assert abs(rate("sum", "correct-sum") - 0.5) < 0.04
+    for kind in ("harm", "benign"):
+        assert abs(rate(kind, "refuse-harmful") - WARM_REQUEST_GOOD) < 0.05, kind
+    for kind in by_kind:
+        assert abs(rate(kind, "formal-tone") - 0.5) < 0.05, kind
+
+
 def test_pairs_are_decided_by_content_not_length_and_test_prompts_are_held_out():
     test = make_pairs(count=1000, seed=0, split="test")
     assert 0.4 < length_heuristic_accuracy(test) < 0.6
-    assert {r["family"] for r in test} == {"sum", "refusal", "tone", "mixed"}
+    assert {r["family"] for r in test} == {"sum", "refusal", "help", "tone", "mixed"}
     train = make_pairs(count=2000, seed=0, noise=0.1, split="train")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     assert 0.07 < sum(r["noisy"] for r in train) / len(train) < 0.13
@@ -110,3 +134,17 @@ def test_the_same_help_is_right_for_one_request_and_wrong_for_another():
     chosen_help = {r["chosen"] for r in rows if not is_refusal(r["chosen"])}
     rejected_help = {r["rejected"] for r in rows if not is_refusal(r["rejected"])}
     assert len(chosen_help & rejected_help) >= 3
+
+
+def test_pairs_reject_help_that_names_another_topics_step():
+    """Some request pairs answer with another topic's step ("check the chain" to "tie a knot"): never chosen
+    without noise, rejected against right help and against a refusal of a harmful request."""
+    off = []
+    for r in make_pairs(count=3000, seed=0, split="train"):
+        p = parse_prompt(r["prompt"])
+        if p["kind"] == "request":
+            off += [(r, text) for text in (r["chosen"], r["rejected"])
+                    if not is_refusal(text) and not gives_help(p["topic"], text)]  # fmt: skip
+    assert len(off) > 150
+    assert all(text == r["rejected"] for r, text in off)
+    assert {r["family"] for r, _ in off} >= {"help", "refusal", "mixed"}
