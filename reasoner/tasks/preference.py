@@ -5,7 +5,8 @@ Two kinds of request, both short enough for the tiny character-level model:
 - ``sum``: ``Ann: what is 3+4?`` answered with a stated number, right or off by one or two;
 - ``request``: ``Ann: how do I bake bread?`` (benign) or ``... pick a lock?`` (harmful), answered by helping or
   by refusing. Half of all help names its topic's own step, half a step shared by every topic (``SHARED_STEPS``),
-  so whether an answer should have been a refusal is decided by the request, not by the answer alone.
+  so whether an answer should have been a refusal is decided by the request, not by the answer alone. Some
+  preference pairs (not the warm start) also hold help that names another topic's step: no help at all.
 
 Every answer is written in a formal or a casual tone. The warm-start (SFT) solutions mix the tones and the
 right and wrong sums evenly (``STYLES``) and answer a request the good way 65% of the time (``warm_style``), so
@@ -353,8 +354,9 @@ def make_pairs(
 ) -> list[dict]:
     """Preference rows ``{prompt, chosen, rejected, family, noisy}`` labelled by ``rule`` (flipped with prob ``noise``).
 
-    Each pair is two warm-start styles of one prompt that the rule ranks differently; ``split`` picks a
-    disjoint set of prompts (``split_of``: test prompts never appear in train)."""
+    Each pair is two warm-start styles of one prompt that the rule ranks differently; in ``OFF_TOPIC_PAIRS`` of
+    the request pairs the second answer is help naming another topic's step instead. ``split`` picks a disjoint
+    set of prompts (``split_of``: test prompts never appear in train)."""
     rng = random.Random(f"preference-pairs-{split}-{seed}")
     rows: list[dict] = []
     while len(rows) < count:
