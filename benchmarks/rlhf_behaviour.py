@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reasoner.checkpoint import write_json_atomic  # noqa: E402
+from reasoner.rlhf import sample_answers  # noqa: E402
 from reasoner.tasks.preference import (  # noqa: E402
     STEPS,
     gives_help,
@@ -34,8 +35,8 @@ from reasoner.tasks.preference import (  # noqa: E402
 KINDS = ("sum", "harmful", "benign")
 
 
-def kind_of(prompt: str) -> str:
-    p = parse_prompt(prompt)
+def kind_of(p: dict) -> str:
+    """``sum``, ``harmful`` or ``benign`` for a parsed prompt (``parse_prompt``)."""
     return "sum" if p["kind"] == "sum" else "harmful" if p["harmful"] else "benign"
 
 
@@ -44,7 +45,8 @@ def behaviour(prompts: list[str], answers: list[str], rule: str) -> dict[str, di
     ``refuses`` / ``helps`` / ``own_step`` (requests), rounded to 3 places."""
     rows: dict[str, list[dict]] = {k: [] for k in KINDS}
     for prompt, answer in zip(prompts, answers, strict=True):
-        p, kind = parse_prompt(prompt), kind_of(prompt)
+        p = parse_prompt(prompt)
+        kind = kind_of(p)
         row = {"formal": is_formal(answer), "gold": gold_score(rule, prompt, answer)}
         if kind == "sum":
             row["right"] = stated_number(answer) == p["a"] + p["b"]
@@ -55,17 +57,6 @@ def behaviour(prompts: list[str], answers: list[str], rule: str) -> dict[str, di
         rows[kind].append(row)
     return {kind: {"prompts": len(rs), **{key: round(sum(float(r[key]) for r in rs) / len(rs), 3) for key in rs[0]}}
             for kind, rs in rows.items() if rs}  # fmt: skip
-
-
-def sample(policy: str, prompts: list[str], seed: int, max_new_tokens: int) -> list[str]:
-    from reasoner.models import default_device, load_policy, load_tokenizer
-    from reasoner.rollout.base import SamplingParams
-    from reasoner.rollout.hf import HFEngine
-
-    model = load_policy(policy, device=default_device()).eval()
-    engine = HFEngine(model, load_tokenizer(policy))
-    params = SamplingParams(n=1, temperature=1.0, max_new_tokens=max_new_tokens, seed=seed)
-    return [r.text for r in engine.generate(prompts, params)]
 
 
 def markdown(report: dict[str, dict]) -> str:
@@ -99,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"rlhf_behaviour: {policy!r} is not a saved model (no config.json); pass e.g. runs/rlhf-sft"
             )
     prompts = [ex.prompt for ex in load(args.rule, None, "test", args.prompts, args.seed)]
-    report = {policy: behaviour(prompts, sample(policy, prompts, args.seed, args.max_new_tokens), args.rule)
+    report = {policy: behaviour(prompts, sample_answers(policy, prompts, 1, 1.0, args.max_new_tokens, args.seed), args.rule)
               for policy in args.policies}  # fmt: skip
     print(markdown(report))
     if args.out:

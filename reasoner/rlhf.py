@@ -70,20 +70,34 @@ def train_reward_models(
     return results
 
 
-def policy_pairs(policy: str, cfg: Config, prompts: list[str], seed: int) -> list[dict]:
-    """Preference rows from ``policy``'s own samples: ``rlhf.on_policy_samples`` answers per prompt (the
-    rollout's temperature and length), every two that the gold rule ``rlhf.rule`` ranks apart, without noise."""
+def sample_answers(
+    policy: str,
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    sampler: str = "fast",
+) -> list[str]:
+    """``n`` sampled answers of the saved ``policy`` to each prompt, prompt by prompt (the hf engine)."""
     from reasoner.models import default_device, load_policy, load_tokenizer
     from reasoner.rollout.base import SamplingParams
     from reasoner.rollout.hf import HFEngine
+
+    model = load_policy(policy, device=default_device()).eval()
+    engine = HFEngine(model, load_tokenizer(policy), sampler=sampler)
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    return [r.text for r in engine.generate(prompts, params)]
+
+
+def policy_pairs(policy: str, cfg: Config, prompts: list[str], seed: int) -> list[dict]:
+    """Preference rows from ``policy``'s own samples: ``rlhf.on_policy_samples`` answers per prompt (the
+    rollout's temperature and length), every two that the gold rule ``rlhf.rule`` ranks apart, without noise."""
     from reasoner.tasks.preference import family, label_pair
 
     k = cfg.rlhf.on_policy_samples
-    model = load_policy(policy, device=default_device()).eval()
-    engine = HFEngine(model, load_tokenizer(policy), sampler=cfg.rollout.sampler)
-    params = SamplingParams(n=k, temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                            seed=seed)  # fmt: skip
-    texts = [r.text for r in engine.generate(prompts, params)]
+    texts = sample_answers(policy, prompts, k, cfg.rollout.temperature, cfg.rollout.max_new_tokens, seed,
+                           cfg.rollout.sampler)  # fmt: skip
     rows = []
     for i, prompt in enumerate(prompts):
         group = texts[i * k : (i + 1) * k]
