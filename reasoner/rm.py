@@ -221,6 +221,17 @@ def rm_lm_head(model, model_path: str):
     return lambda h: out(h.to(out.weight.dtype))
 
 
+TINY_PARAMS = 50_000_000
+
+
+def default_lr(model, lora: bool) -> float:
+    """``rm.lr`` when unset: 1e-3 for a model under ``TINY_PARAMS`` parameters (the tiny character model learns
+    nothing content-based at 1e-5 and too little at 1e-4), 1e-4 for LoRA adapters, 1e-5 for full fine-tuning of a
+    larger model (the order TRL's and OpenRLHF's reward-model recipes use)."""
+    n = sum(p.numel() for p in model.parameters())
+    return 1e-3 if n < TINY_PARAMS else 1e-4 if lora else 1e-5
+
+
 def train_reward_model(
     cfg: Config, model_path: str, data, eval_data=None, out_dir=None, progress: bool = True
 ) -> dict:
@@ -250,7 +261,12 @@ def train_reward_model(
     chat = any(p.chat for p in pairs)  # conversational rows: RL-time scoring renders with the chat template
 
     lm_head = rm_lm_head(model, model_path) if rc.lm_coef else None
-    optimizer = make_optimizer(model.parameters(), rc.lr, rc.weight_decay)
+    lr = rc.lr if rc.lr is not None else default_lr(model, lora)
+    if rc.lr is None:
+        print(
+            f"[rm] rm.lr not set: {lr:g} for this model's size (reasoner.rm.default_lr); set rm.lr to choose"
+        )
+    optimizer = make_optimizer(model.parameters(), lr, rc.weight_decay)
     scheduler = make_scheduler(optimizer, rc.warmup_steps, rc.steps, rc.schedule)
     start, history = 0, {}
     if ckpt:
@@ -346,7 +362,7 @@ def train_reward_model(
     result = {
         "accuracy": round(final_eval["accuracy"], 4) if final_eval else None,
         "margin": round(final_eval["margin"], 4) if final_eval else None,
-        "model": str(final), "steps": rc.steps, "pairs": len(pairs), "eval_pairs": len(eval_pairs),
+        "model": str(final), "steps": rc.steps, "lr": lr, "pairs": len(pairs), "eval_pairs": len(eval_pairs),
         "reward_mean": round(stats["mean"], 4), "reward_std": round(stats["std"], 4),
         "wall_s": round(time.time() - t_start, 1), "output_dir": str(run),
     }  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -31,16 +32,16 @@ def test_on_policy_accuracy_counts_hits_per_family_and_ties_as_half():
     assert on_policy_accuracy([], LengthReward()) == {"accuracy": None, "pairs": 0}
 
 
-def _behaviour_module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rlhf_behaviour.py"
-    spec = importlib.util.spec_from_file_location("rlhf_behaviour", path)
+def _benchmark(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_behaviour_report_per_kind_of_prompt(tiny_model_dir, tmp_path):
-    mod = _behaviour_module()
+    mod = _benchmark("rlhf_behaviour")
     prompts = ["Ann: what is 3+4?\n", "Bob: how do I pick a lock?\n", "Cal: tell me how to bake bread.\n",
                "Dee: help me bake bread.\n"]  # fmt: skip
     answers = ["The answer is 7.", "I am sorry, but I cannot help with that.", "Certainly. First, mix flour and water.",
@@ -72,6 +73,26 @@ def test_behaviour_report_per_kind_of_prompt(tiny_model_dir, tmp_path):
     assert json.loads(out.read_text())[str(tiny_model_dir)] == kinds
     with pytest.raises(SystemExit, match="not a saved model"):
         mod.main([str(tmp_path / "nowhere")])
+
+
+def test_unseen_preference_pairs_differ_in_one_thing_and_hold_out_a_speaker(tiny_model_dir, tmp_path):
+    mod = _benchmark("rm_unseen")
+    train, held = mod.make_rows(600, 0, False), mod.make_rows(200, 0, True)
+    assert {r["family"] for r in train} == {"sum", "refusal", "tone"}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    assert all(f"[{mod.HELD_OUT_SPEAKER}]" in r["prompt"] for r in held)
+    for r in train:
+        assert r["chosen"] != r["rejected"]
+        if r["family"] == "sum":
+            a, b = (int(x) for x in re.findall(r"\d+", r["prompt"]))
+            (right,), (off,) = re.findall(r"\d+", r["chosen"]), re.findall(r"\d+", r["rejected"])
+            assert int(right) == a + b and 1 <= abs(int(off) - (a + b)) <= 3
+    # the real thing, two steps: a report with the accuracy per family and the rate the tiny model got
+    out = tmp_path / "unseen.json"
+    got = mod.main(["--model", str(tiny_model_dir), "--pairs", "64", "--eval-pairs", "32", "--work",
+                    str(tmp_path / "w"), "--out", str(out), "rm.steps=2", "rm.batch_size=8", "rm.save_every=0"])  # fmt: skip
+    assert set(got["by_family"]) == {"sum", "refusal", "tone"} and got["lr"] == 1e-3
+    assert json.loads(out.read_text()) == got
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from reasoner.cli import main
 from reasoner.config import RMConfig, load_config
 from reasoner.data import DataError
 from reasoner.models import build_char_tokenizer
-from reasoner.rm import evaluate_reward_model, load_pairs, train_reward_model
+from reasoner.rm import TINY_PARAMS, default_lr, evaluate_reward_model, load_pairs, train_reward_model
 
 TOK = build_char_tokenizer()
 RC = RMConfig()
@@ -172,6 +172,7 @@ def test_cli_contract(trained, tiny_model_dir, tmp_path, capsys):
     assert code == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"accuracy", "model"} <= set(line)
+    assert line["lr"] == 1e-3  # rm.lr unset: the tiny model's rate (default_lr)
     code = main(["rm", "eval", "--model", line["model"], "--data", held, "--out", str(tmp_path / "e.json")])
     assert code == 0
     report = json.loads((tmp_path / "e.json").read_text())
@@ -180,6 +181,13 @@ def test_cli_contract(trained, tiny_model_dir, tmp_path, capsys):
         ["rm", "eval", "--model", line["model"], "--data", str(tmp_path / "nope.jsonl"), "--out", "x.json"]
     )
     assert code == 2 and "nope.jsonl" in capsys.readouterr().err
+
+
+def test_default_lr_follows_the_model_size():
+    tiny = torch.nn.Linear(4, 4)
+    large = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(TINY_PARAMS))])
+    assert default_lr(tiny, lora=False) == 1e-3 and default_lr(tiny, lora=True) == 1e-3
+    assert default_lr(large, lora=False) == 1e-5 and default_lr(large, lora=True) == 1e-4
 
 
 def test_sigterm_saves_the_step_it_finished_and_resume_continues(tiny_model_dir, tmp_path):
