@@ -7,8 +7,9 @@ The setup is `make train-rlhf`'s (``configs/rlhf-grpo.yaml``: the same cached wa
 model 0), with a smaller KL coefficient and more steps so the policy travels far enough from the warm start
 for over-optimisation to show. Two runs from the same warm start and seed: GRPO against reward model 0 alone,
 and against the ensemble of ``--members`` reward models (seeds 0, 1, ...) aggregated as mean − λ·std
-(``reward_model.ensemble=mean-std``, Coste et al. 2023). At each evaluation the held-out gold score (greedy)
-is paired with the KL of that step's samples to the warm start (the trainer's ``kl`` metric, k3 estimator).
+(``reward_model.ensemble=mean-std``, Coste et al. 2023). At each evaluation the held-out gold score (sampled at
+the config's ``train.eval_temperature``) is paired with the mean KL of the policy's samples to the warm start over
+the steps since the previous evaluation (``curve``).
 """
 
 from __future__ import annotations
@@ -31,14 +32,20 @@ CONFIG = ROOT / "configs" / "rlhf-grpo.yaml"
 
 
 def curve(run: Path) -> list[dict]:
-    """(step, kl, gold) at each evaluation; the KL of the step's samples (0 before the first step)."""
+    """(step, kl, gold) at each evaluation. ``kl`` is the mean of the trainer's ``kl`` metric (the KL of each step's
+    samples to the warm start, k3 estimator) over the steps since the previous evaluation: one step's batch is too
+    noisy an x (0 before the first step)."""
     rows = read_metrics(run / "metrics.jsonl")
     kl = {r["step"]: r["kl"] for r in rows if "kl" in r}
-    return [
-        {"step": r["step"], "kl": kl.get(r["step"], 0.0), "gold": r["eval/score"]}
-        for r in rows
-        if "eval/score" in r
-    ]
+    points, last = [], 0
+    for r in rows:
+        if "eval/score" not in r:
+            continue
+        window = [v for s, v in kl.items() if last < s <= r["step"]]
+        points.append({"step": r["step"], "kl": sum(window) / len(window) if window else 0.0,
+                       "gold": r["eval/score"]})  # fmt: skip
+        last = r["step"]
+    return points
 
 
 def main() -> None:

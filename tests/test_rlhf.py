@@ -75,6 +75,15 @@ def test_behaviour_report_per_kind_of_prompt(tiny_model_dir, tmp_path):
         mod.main([str(tmp_path / "nowhere")])
 
 
+def test_overoptimisation_curve_pairs_each_gold_score_with_the_mean_kl_since_the_last_evaluation(tmp_path):
+    rows = [{"step": 0, "eval/score": 0.2}, {"step": 1, "kl": 0.1}, {"step": 2, "kl": 0.3}, {"step": 2, "eval/score": 0.4},
+            {"step": 3, "kl": 0.5}, {"step": 4, "kl": 1.1}, {"step": 4, "eval/score": 0.3}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = _benchmark("rlhf_overoptimisation").curve(tmp_path)
+    assert got == [{"step": 0, "kl": 0.0, "gold": 0.2}, {"step": 2, "kl": pytest.approx(0.2), "gold": 0.4},
+                   {"step": 4, "kl": pytest.approx(0.8), "gold": 0.3}]  # fmt: skip
+
+
 def test_unseen_preference_pairs_differ_in_one_thing_and_hold_out_a_speaker(tiny_model_dir, tmp_path):
     mod = _benchmark("rm_unseen")
     train, held = mod.make_rows(600, 0, False), mod.make_rows(200, 0, True)
