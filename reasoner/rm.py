@@ -225,9 +225,9 @@ TINY_PARAMS = 50_000_000
 
 
 def default_lr(model, lora: bool) -> float:
-    """``rm.lr`` when unset: 1e-3 for a model under ``TINY_PARAMS`` parameters (the tiny character model learns
-    nothing content-based at 1e-5 and too little at 1e-4), 1e-4 for LoRA adapters, 1e-5 for full fine-tuning of a
-    larger model (the order TRL's and OpenRLHF's reward-model recipes use)."""
+    """``rm.lr`` when unset: 1e-3 for a model under ``TINY_PARAMS`` parameters (the tiny character model learns too
+    little at 1e-4: ``benchmarks/rm_unseen.py`` ranks refusal pairs 0.72 against 0.995 at 1e-3), 1e-4 for LoRA
+    adapters, 1e-5 for full fine-tuning of a larger model (the order of published reward-model recipes)."""
     n = sum(p.numel() for p in model.parameters())
     return 1e-3 if n < TINY_PARAMS else 1e-4 if lora else 1e-5
 
