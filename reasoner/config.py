@@ -275,13 +275,16 @@ class RewardModelConfig:
 class RMConfig:
     """`reasoner rm train`: a Bradley–Terry reward model on preference pairs."""
 
-    steps: int = 300  # optimizer steps
+    # optimizer steps; None = one epoch, and at least 3,000 for a model under 50M parameters (reasoner.rm.default_steps)
+    steps: int | None = None
     batch_size: int = 32  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     # None = by the model's size (reasoner.rm.default_lr): 1e-3 under 50M parameters (the tiny model: at 1e-4 it
     # ranked unseen refusal pairs 0.72, at 1e-3 0.995), 1e-4 for LoRA, 1e-5 for a larger model trained in full
     lr: float | None = None
-    weight_decay: float = 0.0
+    weight_decay: float | None = (
+        None  # None = 0.1 for a model under 50M parameters, else 0 (default_weight_decay)
+    )
     warmup_steps: int = 10
     schedule: Literal["constant", "cosine"] = "cosine"
     max_grad_norm: float = 1.0
@@ -290,7 +293,8 @@ class RMConfig:
     )
     # Auxiliary LM loss on the chosen responses (hidden-state regularisation, Yang et al. 2024): loss = BT +
     # lm_coef * next-token cross-entropy through the backbone's LM head; the saved RM is still a plain classifier.
-    lm_coef: float = 0.0
+    # None = 1.0 for a model under 50M parameters (without it the tiny model never learns sums), else 0
+    lm_coef: float | None = None
     max_length: int = 512  # tokens per prompt + response (longer texts keep their end)
     eval_every: int = 50  # 0 = only at the end
     save_every: int = 100

@@ -14,7 +14,17 @@ from reasoner.cli import main
 from reasoner.config import RMConfig, load_config
 from reasoner.data import DataError
 from reasoner.models import build_char_tokenizer
-from reasoner.rm import TINY_PARAMS, default_lr, evaluate_reward_model, load_pairs, train_reward_model
+from reasoner.rm import (
+    TINY_PARAMS,
+    TINY_STEPS,
+    default_lm_coef,
+    default_lr,
+    default_steps,
+    default_weight_decay,
+    evaluate_reward_model,
+    load_pairs,
+    train_reward_model,
+)
 
 TOK = build_char_tokenizer()
 RC = RMConfig()
@@ -172,7 +182,7 @@ def test_cli_contract(trained, tiny_model_dir, tmp_path, capsys):
     assert code == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"accuracy", "model"} <= set(line)
-    assert line["lr"] == 1e-3  # rm.lr unset: the tiny model's rate (default_lr)
+    assert (line["lr"], line["lm_coef"], line["weight_decay"]) == (1e-3, 1.0, 0.1)  # unset: the tiny model's
     code = main(["rm", "eval", "--model", line["model"], "--data", held, "--out", str(tmp_path / "e.json")])
     assert code == 0
     report = json.loads((tmp_path / "e.json").read_text())
@@ -183,11 +193,19 @@ def test_cli_contract(trained, tiny_model_dir, tmp_path, capsys):
     assert code == 2 and "nope.jsonl" in capsys.readouterr().err
 
 
-def test_default_lr_follows_the_model_size():
+def test_unset_settings_follow_the_model_size():
     tiny = torch.nn.Linear(4, 4)
     large = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(TINY_PARAMS))])
     assert default_lr(tiny, lora=False) == 1e-3 and default_lr(tiny, lora=True) == 1e-3
     assert default_lr(large, lora=False) == 1e-5 and default_lr(large, lora=True) == 1e-4
+    assert default_lm_coef(tiny) == 1.0 and default_lm_coef(large) == 0.0
+    assert default_weight_decay(tiny) == 0.1 and default_weight_decay(large) == 0.0
+    # one epoch, rounded up; the tiny model at least TINY_STEPS
+    assert default_steps(large, 3000, 32) == 94 and default_steps(large, 64, 32) == 2
+    assert (
+        default_steps(tiny, 3000, 32) == TINY_STEPS
+        and default_steps(tiny, 32 * TINY_STEPS + 1, 32) == TINY_STEPS + 1
+    )
 
 
 def test_sigterm_saves_the_step_it_finished_and_resume_continues(tiny_model_dir, tmp_path):
