@@ -100,8 +100,24 @@ def test_unseen_preference_pairs_differ_in_one_thing_and_hold_out_a_speaker(tiny
     out = tmp_path / "unseen.json"
     got = mod.main(["--model", str(tiny_model_dir), "--pairs", "64", "--eval-pairs", "32", "--work",
                     str(tmp_path / "w"), "--out", str(out), "rm.steps=2", "rm.batch_size=8", "rm.save_every=0"])  # fmt: skip
-    assert set(got["by_family"]) == {"sum", "refusal", "tone"} and got["lr"] == 1e-3
+    assert set(got["by_family"]) == {"sum", "refusal", "tone"} and got["lr"] == 1e-3 and got["lm_coef"] == 1.0
     assert json.loads(out.read_text()) == got
+
+
+def test_qa_generator_holds_out_a_wording_and_states_right_and_wrong_sums():
+    mod = _benchmark("rm_unseen")
+    train, held = mod.make_rows(600, 0, False, "qa"), mod.make_rows(200, 0, True, "qa")
+    assert {r["family"] for r in train} == {r["family"] for r in held} == {"sum", "refusal", "tone"}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
+    wordings = [w.split("{")[0] for w in (mod.QA_SUM_PROMPTS[2], mod.QA_REQUEST_PROMPTS[2])]
+    assert all(r["prompt"].startswith(tuple(wordings)) for r in held)
+    assert not any(r["prompt"].startswith(tuple(wordings)) for r in train)
+    for r in train + held:
+        assert r["chosen"] != r["rejected"]
+        if r["family"] == "sum":
+            a, b = (int(x) for x in re.findall(r"\d+", r["prompt"]))
+            right, off = (int(re.findall(r"\d+", t)[-1]) for t in (r["chosen"], r["rejected"]))
+            assert right == a + b and 1 <= abs(off - (a + b)) <= 4
 
 
 @pytest.mark.slow
