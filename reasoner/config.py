@@ -282,9 +282,8 @@ class RMConfig:
     # None = by the model's size (reasoner.rm.default_lr): 1e-3 under 50M parameters (the tiny model: at 1e-4 it
     # ranked unseen refusal pairs 0.72, at 1e-3 0.995), 1e-4 for LoRA, 1e-5 for a larger model trained in full
     lr: float | None = None
-    weight_decay: float | None = (
-        None  # None = 0.1 for a model under 50M parameters, else 0 (default_weight_decay)
-    )
+    # None = 0.1 for a model under 50M parameters, else 0 (reasoner.rm.default_weight_decay)
+    weight_decay: float | None = None
     warmup_steps: int = 10
     schedule: Literal["constant", "cosine"] = "cosine"
     max_grad_norm: float = 1.0
