@@ -43,7 +43,7 @@ def budget_overrides(args) -> list[str]:
 
 def warm_start(args) -> str:
     """The shared SFT model: make train-math's cache (same settings), trained here if missing."""
-    from reasoner.sft import run_sft
+    from reasoner.train.sft import run_sft
 
     cfg = load_config(ALGOS["grpo"], [f"model.path={args.model}"])
     return str(run_sft(cfg, cfg.model.path, Path(cfg.sft.output_dir), progress=False))
@@ -52,7 +52,7 @@ def warm_start(args) -> str:
 def _child(config: str, overrides: list[str], queue) -> None:
     import torch
 
-    from reasoner.trainer import train
+    from reasoner.train.trainer import train
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -78,7 +78,7 @@ def computed(c: dict, r: int, micro_batch: int, seq_len: int, completion: int) -
 
 def _child(overrides: list[str], queue) -> None:
     from reasoner.config import load_config
-    from reasoner.trainer import train
+    from reasoner.train.trainer import train
 
     train(load_config(None, overrides), progress=False)
     queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB -> MiB

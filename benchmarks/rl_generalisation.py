@@ -62,14 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from reasoner.config import load_config
-    from reasoner.estimators import make_estimator
     from reasoner.models import load_policy, load_tokenizer
     from reasoner.rewards import get_reward
     from reasoner.rollout import SamplingParams
     from reasoner.rollout.hf import HFEngine
     from reasoner.tasks import get_task
-    from reasoner.trainer import score
-    from reasoner.update import update
+    from reasoner.train.estimators import make_estimator
+    from reasoner.train.trainer import score
+    from reasoner.train.update import update
 
     cfg = load_config(ROOT / "configs" / "math-grpo.yaml", [f"algo.beta={args.beta}", f"optim.lr={args.lr}"])
     torch.set_num_threads(1)

@@ -19,8 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reasoner.checkpoint import write_json_atomic  # noqa: E402
-from reasoner.rlhf import sample_answers  # noqa: E402
+from reasoner.rlhf.demo import sample_answers  # noqa: E402
 from reasoner.tasks.preference import (  # noqa: E402
     STEPS,
     gives_help,
@@ -31,6 +30,7 @@ from reasoner.tasks.preference import (  # noqa: E402
     parse_prompt,
     stated_number,
 )
+from reasoner.train.checkpoint import write_json_atomic  # noqa: E402
 
 KINDS = ("sum", "harmful", "benign")
 

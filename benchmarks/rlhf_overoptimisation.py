@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reasoner.config import RewardTerm, load_config  # noqa: E402
-from reasoner.metrics import read_metrics  # noqa: E402
+from reasoner.train.metrics import read_metrics  # noqa: E402
 
 CONFIG = ROOT / "configs" / "rlhf-grpo.yaml"
 
@@ -59,9 +59,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. train.cpu_threads=2")
     args = ap.parse_args()
 
-    from reasoner.rlhf import make_preference_data, train_reward_models
-    from reasoner.sft import run_sft
-    from reasoner.trainer import train
+    from reasoner.rlhf.demo import make_preference_data, train_reward_models
+    from reasoner.train.sft import run_sft
+    from reasoner.train.trainer import train
 
     t0 = time.time()
     cfg = load_config(CONFIG, args.overrides)

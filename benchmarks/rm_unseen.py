@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reasoner.checkpoint import write_json_atomic  # noqa: E402
+from reasoner.train.checkpoint import write_json_atomic  # noqa: E402
 
 SPEAKERS = ["user", "client", "guest"]
 HELD_OUT_SPEAKER = "visitor"
@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     from reasoner.config import load_config
-    from reasoner.rlhf import length_heuristic_accuracy
-    from reasoner.rm import evaluate_reward_model, train_reward_model
+    from reasoner.rlhf.demo import length_heuristic_accuracy
+    from reasoner.rlhf.rm_training import evaluate_reward_model, train_reward_model
 
     suffix = "" if args.generator == "bracket" else f"_{args.generator}"
     work = Path(args.work or ROOT / "runs" / f"rm-unseen{suffix.replace('_', '-')}")

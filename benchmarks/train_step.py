@@ -6,7 +6,7 @@ Baseline in the same run: the update plus the separate old-log-prob forward pass
 before every update, so the on-policy fast path is measured as a ratio, not as an absolute time.
 
 ``--layouts`` times the update phase alone (policy forward/backward, reference forward, optimizer step) in each
-forward layout of reasoner/layout.py, back to back in one process on the same synthetic rollouts: padded (the
+forward layout of reasoner/train/layout.py, back to back in one process on the same synthetic rollouts: padded (the
 plain path), packed, shared-prefix, and both. Shapes: ``issue`` (8 prompts x 8 completions, prompts ~60 tokens,
 completions <= 16, some EOS-ended, some truncated, some one token long), ``long`` (prompts ~400, completions
 <= 32) and ``mixed`` (prompts 20-200, completions <= 64: lengths that vary, where packing has padding to remove).
@@ -30,18 +30,18 @@ from pathlib import Path
 
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import load_config
-from reasoner.estimators import make_estimator
-from reasoner.layout import pack_batch
 from reasoner.models import build_tiny_model, default_device, load_policy, load_tokenizer
-from reasoner.optim import make_optimizer
 from reasoner.rewards import get_reward
 from reasoner.rollout import Rollout, SamplingParams, make_engine
-from reasoner.stream import batch_for_step
 from reasoner.tasks import get_task
-from reasoner.trainer import score
-from reasoner.update import update
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.estimators import make_estimator
+from reasoner.train.layout import pack_batch
+from reasoner.train.optim import make_optimizer
+from reasoner.train.stream import batch_for_step
+from reasoner.train.trainer import score
+from reasoner.train.update import update
 
 RESULTS = Path(__file__).parent / "results"
 QWEN_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,

@@ -55,7 +55,7 @@ def budget_overrides(args) -> list[str]:
 
 
 def warm_start(args) -> str:
-    from reasoner.sft import run_sft
+    from reasoner.train.sft import run_sft
 
     cfg = load_config(CONFIG, [f"model.path={args.model}", f"train.cpu_threads={args.threads}"])
     return str(run_sft(cfg, cfg.model.path, Path(cfg.sft.output_dir), progress=False))

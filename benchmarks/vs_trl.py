@@ -29,8 +29,8 @@ import torch
 
 from reasoner.config import load_config
 from reasoner.models import build_tiny_model, count_parameters, load_policy, load_tokenizer
-from reasoner.stream import prompt_renderer, stream_slice
 from reasoner.tasks import get_task
+from reasoner.train.stream import prompt_renderer, stream_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -103,7 +103,7 @@ def measured(cmd: list[str], env: dict) -> float:
 
 def ours(spec_path: str) -> None:
     """Our side, in its own process: train on the spec's config, then write per-step times from metrics.jsonl."""
-    from reasoner.trainer import train
+    from reasoner.train.trainer import train
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(None, spec["overrides"])

@@ -90,14 +90,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args) -> int:
-    from reasoner.trainer import train
+    from reasoner.train.trainer import train
 
     cfg = load_config(args.config, args.overrides + (["train.resume=true"] if args.resume else []))
     return _run_to_json_line(train, cfg, args)
 
 
 def _sft(args) -> int:
-    from reasoner.sft import run_sft
+    from reasoner.train.sft import run_sft
 
     cfg = load_config(args.config, args.overrides)
     out = run_sft(cfg, cfg.model.path, cfg.sft.output_dir, progress=not args.no_progress)
@@ -117,7 +117,7 @@ def _rm(args) -> int:
     cfg = load_config(args.config, args.overrides)
     try:
         if args.rm_command == "train":
-            from reasoner.rm import train_reward_model
+            from reasoner.rlhf.rm_training import train_reward_model
 
             try:
                 result = train_reward_model(
@@ -129,8 +129,8 @@ def _rm(args) -> int:
             return 0
         from pathlib import Path
 
-        from reasoner.checkpoint import write_json_atomic
-        from reasoner.rm import evaluate_reward_model
+        from reasoner.rlhf.rm_training import evaluate_reward_model
+        from reasoner.train.checkpoint import write_json_atomic
 
         report = evaluate_reward_model(args.model, args.data, cfg)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def _rm(args) -> int:
 
 
 def _rlhf(args) -> int:
-    from reasoner.rlhf import run_rlhf
+    from reasoner.rlhf.demo import run_rlhf
 
     return _run_to_json_line(run_rlhf, load_config(args.config, args.overrides), args)
 
@@ -182,7 +182,7 @@ def _feedback(args) -> int:
 
 
 def _online(args) -> int:
-    from reasoner.online import run_online
+    from reasoner.online.loop import run_online
 
     return _run_to_json_line(run_online, load_config(args.config, args.overrides), args)
 

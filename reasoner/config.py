@@ -118,7 +118,7 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    # the advantage estimator (reasoner.estimators.ESTIMATORS): group, leave-one-out, batch-normalised, critic
+    # the advantage estimator (reasoner.train.estimators.ESTIMATORS): group, leave-one-out, batch-normalised, critic
     name: Literal["grpo", "ppo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = "grpo"
     loss: str = "ppo-clip"  # importance weighting of the policy loss: ppo-clip, gspo, cispo (POLICY_LOSSES)
     beta: float = 0.04  # KL coefficient; 0 skips the reference model
@@ -126,7 +126,7 @@ class AlgoConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     inner_epochs: int = 1  # optimisation passes over each batch of rollouts (mu in the GRPO paper)
-    loss_agg: str = "seq-mean-token-mean"  # see reasoner.algo.losses.LOSS_AGGREGATIONS
+    loss_agg: str = "seq-mean-token-mean"  # see reasoner.algo.tokens.LOSS_AGGREGATIONS
     scale_rewards: Literal["group", "batch", "none"] = "group"  # divide advantages by this std
     drop_zero_variance: bool = False  # skip groups whose rewards are all equal
     mask_truncated: bool = False  # exclude completions that hit max_new_tokens from the loss
@@ -171,7 +171,7 @@ class TrainConfig:
     tensorboard: bool = True
     cpu_threads: int = 0  # torch threads on CPU; 0 = torch's default. 1 avoids OpenMP spin-waits when reward
     # workers or other jobs share the cores (measured here: 2 threads ran 4x slower than 1 under contention)
-    # the update's forward layout (reasoner/layout.py); both false = the plain padded rows, kept as the reference
+    # the update's forward layout (reasoner/train/layout.py); both false = the plain padded rows, kept as the reference
     shared_prefix: bool = True  # a group's prompt computed once, its G completions attending to it
     pack: bool = True  # rows packed without padding (block-diagonal attention)
 
@@ -261,7 +261,7 @@ class ServeConfig:
 
 @dataclass
 class RewardModelConfig:
-    """The reward ``model`` (reasoner/rewards/model.py): one or several RMs trained by `reasoner rm train`."""
+    """The reward ``model`` (reasoner/rewards/reward_model.py): one or several RMs trained by `reasoner rm train`."""
 
     paths: list[str] = field(default_factory=list)  # RM directories (or hub ids); several = an ensemble
     normalize: Literal["stats", "batch", "none"] = "stats"  # stats: the mean/std saved beside each RM
@@ -275,14 +275,14 @@ class RewardModelConfig:
 class RMConfig:
     """`reasoner rm train`: a Bradley–Terry reward model on preference pairs."""
 
-    # optimizer steps; None = one epoch, and at least 3,000 for a model under 50M parameters (reasoner.rm.default_steps)
+    # optimizer steps; None = one epoch, and at least 3,000 for a model under 50M parameters (reasoner.rlhf.rm_training.default_steps)
     steps: int | None = None
     batch_size: int = 32  # pairs per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
-    # None = by the model's size (reasoner.rm.default_lr): 1e-3 under 50M parameters (the tiny model: at 1e-4 it
+    # None = by the model's size (reasoner.rlhf.rm_training.default_lr): 1e-3 under 50M parameters (the tiny model: at 1e-4 it
     # ranked unseen refusal pairs 0.72, at 1e-3 0.995), 1e-4 for LoRA, 1e-5 for a larger model trained in full
     lr: float | None = None
-    # None = 0.1 for a model under 50M parameters, else 0 (reasoner.rm.default_weight_decay)
+    # None = 0.1 for a model under 50M parameters, else 0 (reasoner.rlhf.rm_training.default_weight_decay)
     weight_decay: float | None = None
     warmup_steps: int = 10
     schedule: Literal["constant", "cosine"] = "cosine"

@@ -352,7 +352,7 @@ def _eval_model(
 ) -> EvalReport:
     from reasoner.models import load_policy, load_tokenizer
     from reasoner.rollout.hf import HFEngine
-    from reasoner.stream import chat_renderer
+    from reasoner.train.stream import chat_renderer
 
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 0.8)
     tok = load_tokenizer(args.model)

@@ -8,10 +8,13 @@ pin ``tokenizer_class`` in ``tokenizer_config.json`` and test the round trip.
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from pathlib import Path
 
 import torch
+
+from reasoner.train.checkpoint import cache_lock
 
 SPECIAL = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
 CHARS = sorted(set(string.printable) - set("\x0b\x0c\r"))  # printable ASCII, space, tab and newline
@@ -70,15 +73,21 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, **shape) -> Path:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    # Pin the class so AutoTokenizer never substitutes a subword tokenizer for ours.
-    cfg_path = out / "tokenizer_config.json"
-    tok_cfg = json.loads(cfg_path.read_text())
-    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg_path.write_text(json.dumps(tok_cfg, indent=2))
-    model.generation_config.save_pretrained(out)
+    # Written beside and renamed into place under a lock: a second `make` never sees half a model.
+    with cache_lock(out, "the tiny model"):
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        # Pin the class so AutoTokenizer never substitutes a subword tokenizer for ours.
+        cfg_path = tmp / "tokenizer_config.json"
+        tok_cfg = json.loads(cfg_path.read_text())
+        tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+        cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+        model.generation_config.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
     return out
 
 
@@ -133,7 +142,7 @@ def load_trainable_policy(cfg, path: str, device: torch.device, saved: str | Non
     """The policy the update trains: fp32 master weights, or with ``model.lora.r`` > 0 a frozen base in
     ``model.dtype`` with fp32 LoRA adapters. ``saved``: a checkpoint's policy to resume from (a whole model, or
     with LoRA the adapter, which goes back onto ``path``)."""
-    from reasoner.lora import add_lora, check_resume, enabled, load_adapter
+    from reasoner.train.lora import add_lora, check_resume, enabled, load_adapter
 
     mc = cfg.model
     lora = enabled(mc.lora)

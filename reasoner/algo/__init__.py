@@ -10,7 +10,16 @@ from reasoner.algo.advantages import (
 )
 from reasoner.algo.gae import gae
 from reasoner.algo.kl import KL_ESTIMATORS, kl_penalty
-from reasoner.algo.losses import (
+from reasoner.algo.passk import mean_pass_at_k, pass_at_k
+from reasoner.algo.policy_losses import POLICY_LOSSES
+from reasoner.algo.reinforce import (
+    discounted_returns,
+    reinforce_pp_advantages,
+    reinforce_pp_baseline_advantages,
+    token_rewards,
+)
+from reasoner.algo.shaping import overlong_penalty
+from reasoner.algo.tokens import (
     LOSS_AGGREGATIONS,
     aggregate,
     clipped_surrogate,
@@ -18,14 +27,6 @@ from reasoner.algo.losses import (
     token_logprobs,
     value_loss,
 )
-from reasoner.algo.passk import mean_pass_at_k, pass_at_k
-from reasoner.algo.policy_losses import POLICY_LOSSES
-from reasoner.algo.reinforce import (
-    discounted_returns,
-    reinforce_pp_advantages,
-    reinforce_pp_baseline_advantages,
-)
-from reasoner.algo.shaping import overlong_penalty
 
 __all__ = [
     "ADVANTAGE_SCALES",
@@ -46,6 +47,7 @@ __all__ = [
     "reinforce_pp_baseline_advantages",
     "rloo_advantages",
     "token_logprobs",
+    "token_rewards",
     "value_loss",
     "varying_groups",
     "whiten",

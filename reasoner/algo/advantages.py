@@ -111,7 +111,7 @@ def whiten(
     Mean and (unbiased) variance come from the masked positions only; masked-out positions come back 0.
     ``shift_mean=False`` rescales but keeps the mean (adds it back). Needs at least 2 masked positions.
     ``reduce`` sums a tensor over the pieces of a batch split across processes
-    (``reasoner.distributed.all_reduce_sum``): the count, sum and squared deviations then come from the
+    (``reasoner.train.distributed.all_reduce_sum``): the count, sum and squared deviations then come from the
     whole batch, so each piece is whitened exactly as it would be in one process. None = this batch alone.
 
     >>> whiten(torch.tensor([[1.0, 3.0, 99.0]]), torch.tensor([[1, 1, 0]])).tolist()  # mean 2, var 2

@@ -55,7 +55,7 @@ def response_lm_loss(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.
     >>> round(response_lm_loss(logits, ids, mask).item(), 4)  # (log 2 + log(1 + e²)) / 2
     1.41
     """
-    from reasoner.algo.losses import aggregate, token_logprobs
+    from reasoner.algo.tokens import aggregate, token_logprobs
 
     if logits.shape[:-1] != token_ids.shape or token_ids.shape != mask.shape:
         raise ValueError(

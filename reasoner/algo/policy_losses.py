@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from reasoner.algo.losses import RATIO_LOG_CLAMP, clipped_surrogate
+from reasoner.algo.tokens import RATIO_LOG_CLAMP, clipped_surrogate
 from reasoner.registry import Registry
 
 PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor, float, float], tuple[Tensor, Tensor]]

@@ -1,7 +1,7 @@
 """REINFORCE++ (Hu et al. 2025) advantages: no critic, no per-group std; normalised over the whole batch.
 
 - ``reinforce_pp_advantages``: the outcome reward on the last token minus ``beta * kl_t`` on every token
-  (KL *in the reward*, ``reasoner.ppo.token_rewards``), discounted returns-to-go, then whitened over every real
+  (KL *in the reward*, ``token_rewards``), discounted returns-to-go, then whitened over every real
   token of the batch. No baseline but the batch mean.
 - ``reinforce_pp_baseline_advantages``: the group mean is subtracted from the outcome rewards first (as GRPO,
   but not divided by the group's std), broadcast to every token, then whitened over the batch.
@@ -78,3 +78,31 @@ def reinforce_pp_baseline_advantages(
     if mask.dim() != 2 or mask.shape[0] != centred.shape[0]:
         raise ValueError(f"mask must be [N, T] with N = {centred.shape[0]}, got {tuple(mask.shape)}")
     return _whiten_or_centre(centred[:, None].expand(mask.shape).to(mask.device), mask, reduce)
+
+
+def token_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, beta: float = 0.0) -> Tensor:
+    """Outcome rewards [N] placed on each row's last real token of ``mask`` [N, T], minus ``beta * kl`` [N, T].
+
+    Completions are right-padded, so the last real token is at ``mask.sum(1) - 1``; a row with no real
+    token gets nothing. Positions outside ``mask`` come back 0.
+
+    >>> mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    >>> token_rewards(torch.tensor([1.0, 0.5]), mask).tolist()
+    [[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]]
+    >>> token_rewards(torch.tensor([1.0, 0.5]), mask, kl=torch.full((2, 3), 0.5), beta=0.5).tolist()
+    [[-0.25, -0.25, 0.75], [0.25, 0.0, 0.0]]
+    """
+    if rewards.dim() != 1 or mask.dim() != 2 or rewards.shape[0] != mask.shape[0]:
+        raise ValueError(
+            f"rewards must be [N] and mask [N, T]; got {tuple(rewards.shape)} and {tuple(mask.shape)}"
+        )
+    m = mask.bool()
+    lengths = m.sum(1)  # [N]
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T]
+    rows = torch.nonzero(lengths > 0).squeeze(1)  # [N'] rows with at least one real token
+    out[rows, lengths[rows] - 1] = rewards.to(out)[rows]
+    if kl is not None and beta:
+        if kl.shape != mask.shape:
+            raise ValueError(f"kl {tuple(kl.shape)} must have the mask's shape {tuple(mask.shape)}")
+        out = out - beta * kl.float()
+    return torch.where(m, out, torch.zeros_like(out))

@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.models import load_policy, load_tokenizer
 from reasoner.rollout.base import SamplingParams
 from reasoner.rollout.hf import HFEngine
+from reasoner.train.batch import make_batch, sequence_logprobs
 
 Scorer = Callable[[list[str], list[str]], list[float]]  # (prompts, responses) -> one score each
 

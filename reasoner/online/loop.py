@@ -5,9 +5,9 @@
     collect  serve version k; wait for online.min_pairs new preference pairs (or online.collect_timeout_s)
     rm       warm-start the last RM; train on a window of the pairs (all | last N | recency-weighted);
              evaluate on the newest held-out pairs; keep the old RM if the new one is less accurate
-    rl       an RL round of the trainer (reasoner.trainer.train) from version k, the RM as reward,
+    rl       an RL round of the trainer (reasoner.train.trainer.train) from version k, the RM as reward,
              KL to version k or to v0 (online.kl_anchor)
-    gate     candidate vs version k on the held-out prompts (RM score, win rate, KL; reasoner.gate)
+    gate     candidate vs version k on the held-out prompts (RM score, win rate, KL; reasoner.online.gate)
     deploy   if the gate passed: copy it to versions/vN, record it (parent, RM, window, metrics), hot-swap it
 
 A resumable state machine (a controller's reconcile loop): each stage's output is recorded in the feedback
@@ -17,7 +17,7 @@ its own checkpoints; a version is recorded and marked deployed in one place (the
 always starts on the store's deployed version, so kill -9 at any moment leaves nothing half-done.
 
 With ``online.simulate=true`` (the offline default, ``make online``) a population of simulated users
-(reasoner.simusers) talks to the server over HTTP; their hidden preference changes after
+(reasoner.online.simusers) talks to the server over HTTP; their hidden preference changes after
 ``online.shift_after_round`` rounds. The loop itself reads only the feedback.
 """
 
@@ -148,7 +148,7 @@ class OnlineLoop:
             return
         model_path = self.cfg.model.path
         if self.cfg.sft.steps > 0:
-            from reasoner.sft import run_sft
+            from reasoner.train.sft import run_sft
 
             model_path = str(
                 run_sft(self.cfg, model_path, Path(self.cfg.sft.output_dir), progress=self.progress)
@@ -170,10 +170,10 @@ class OnlineLoop:
     @contextmanager
     def serving(self):
         """The server (a thread) on the store's deployed version, and the simulated users when simulating."""
+        from reasoner.online.simusers import Population, make_users
         from reasoner.serve.app import create_app
         from reasoner.serve.server import run_in_thread
         from reasoner.serve.service import ServeService
-        from reasoner.simusers import Population, make_users
         from reasoner.tasks.preference import gold_score, make_prompt
 
         deployed = self.store.deployed()
@@ -253,7 +253,7 @@ class OnlineLoop:
 
     def stage_rm(self, r: int) -> dict:
         """Train the round's RM on its window; the window restarts when the last RM fails the newest pairs."""
-        from reasoner.rm import evaluate_reward_model, train_reward_model
+        from reasoner.rlhf.rm_training import evaluate_reward_model, train_reward_model
 
         rounds = self.pairs_by_round(r)
         train_now, heldout = split_heldout(rounds[-1], self.oc.holdout_frac)
@@ -296,7 +296,7 @@ class OnlineLoop:
 
     def stage_rl(self, r: int) -> dict:
         from reasoner.config import RewardTerm
-        from reasoner.trainer import train
+        from reasoner.train.trainer import train
 
         parent = self.store.deployed()
         rm = self.state(f"round/{r}/rm")["model"]
@@ -325,8 +325,8 @@ class OnlineLoop:
                 "prompts": min(len(prompts), self.oc.rl_prompts), "kl_anchor": self.oc.kl_anchor}  # fmt: skip
 
     def stage_gate(self, r: int) -> dict:
-        from reasoner.gate import compare, decide
-        from reasoner.rewards.model import RewardModel
+        from reasoner.online.gate import compare, decide
+        from reasoner.rewards.reward_model import RewardModel
 
         rl = self.state(f"round/{r}/rl")
         prompts = [p["prompt"] for p in _read_jsonl(self.run_dir / "rounds" / str(r) / "gate_prompts.jsonl")]
@@ -401,7 +401,7 @@ class OnlineLoop:
 
     def write_metrics(self) -> None:
         """Rebuild versions.jsonl, TensorBoard and the PNG from the recorded state (idempotent)."""
-        from reasoner.metrics import MetricsLogger
+        from reasoner.train.metrics import MetricsLogger
 
         rows = self.version_rows()
         log = MetricsLogger(self.run_dir, self.cfg.train.tensorboard)

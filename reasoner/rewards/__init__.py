@@ -7,21 +7,7 @@ the trainer masks such samples out rather than treating them as 0) plus metrics 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-
-from reasoner.registry import Registry
-from reasoner.tasks.base import Example
-
-
-@dataclass
-class RewardOutput:
-    scores: list[float | None]
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-RewardFn = Callable[[Sequence[str], Sequence[Example]], RewardOutput]
-REWARDS: Registry[RewardFn] = Registry("reward function")
+from reasoner.rewards.base import REWARDS, RewardFn, RewardOutput
 
 
 def get_reward(name: str, workers: int = 0) -> RewardFn:
@@ -35,3 +21,6 @@ def get_reward(name: str, workers: int = 0) -> RewardFn:
     if name not in REWARDS:
         from reasoner.rewards import code, format, gold, math  # noqa: F401
     return REWARDS.get(name)
+
+
+__all__ = ["REWARDS", "RewardFn", "RewardOutput", "get_reward"]

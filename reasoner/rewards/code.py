@@ -45,7 +45,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from reasoner.rewards import REWARDS, RewardOutput
+from reasoner.rewards.base import REWARDS, RewardOutput
 from reasoner.tasks.base import Example
 
 FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)

@@ -21,7 +21,7 @@ CONFIGURED_REWARDS: Registry[Callable] = Registry("configured reward")
 
 
 def _model(cfg, device):
-    from reasoner.rewards.model import model_reward
+    from reasoner.rewards.reward_model import model_reward
 
     return model_reward(cfg, device)
 

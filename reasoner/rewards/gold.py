@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reasoner.rewards import REWARDS, RewardOutput
+from reasoner.rewards.base import REWARDS, RewardOutput
 from reasoner.tasks.base import Example
 
 

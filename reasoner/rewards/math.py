@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reasoner.rewards import REWARDS, RewardOutput
 from reasoner.rewards._math_pool import (
     CheckerError,
     CheckTimeout,
@@ -47,6 +46,7 @@ from reasoner.rewards._math_pool import (
     shutdown,
 )
 from reasoner.rewards._math_text import extract_answer, normalize, quick_verdict
+from reasoner.rewards.base import REWARDS, RewardOutput
 from reasoner.tasks.base import Example
 
 __all__ = [

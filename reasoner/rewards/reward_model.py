@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from reasoner.algo.pairwise import ensemble_aggregate
-from reasoner.rewards import RewardOutput
+from reasoner.rewards.base import RewardOutput
 from reasoner.tasks.base import Example
 
 STATS_FILE = "rm_stats.json"

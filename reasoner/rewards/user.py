@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from reasoner.rewards import RewardOutput
+from reasoner.rewards.base import RewardOutput
 from reasoner.tasks.base import Example
 
 # Columns not passed by name: TRL gives the prompt as ``prompts`` and leaves the completion column out.

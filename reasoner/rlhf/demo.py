@@ -1,8 +1,8 @@
 """The offline RLHF demo (`make train-rlhf`): warm start -> preference pairs -> reward model(s) -> GRPO vs the RM.
 
-1. SFT the tiny policy on the preference task's mixed-style answers (cached; ``reasoner.sft``);
+1. SFT the tiny policy on the preference task's mixed-style answers (cached; ``reasoner.train.sft``);
 2. label preference pairs with the hidden gold rule (``rlhf.rule``), flipping ``rlhf.noise`` of them;
-3. train ``rlhf.ensemble`` Bradley–Terry reward models from the warm start (``reasoner.rm``), held-out accuracy
+3. train ``rlhf.ensemble`` Bradley–Terry reward models from the warm start (``reasoner.rlhf.rm_training``), held-out accuracy
    measured on pairs labelled by the gold rule without noise, next to what "the longer answer wins" scores;
 4. GRPO against the reward model(s) alone (``task.rewards=[{name: model}]``); the task's own reward, the gold
    rule, is only used to evaluate, so ``eval_before``/``eval_after`` are the gold score before and after;
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from reasoner.checkpoint import write_json_atomic
 from reasoner.config import Config, RewardTerm
+from reasoner.train.checkpoint import write_json_atomic
 
 
 def length_heuristic_accuracy(rows: list[dict]) -> float:
@@ -52,7 +52,7 @@ def make_preference_data(cfg: Config, out: Path) -> tuple[Path, Path, list[dict]
 def train_reward_models(
     cfg: Config, init: str, train_path, eval_path, out: Path, progress: bool
 ) -> list[dict]:
-    from reasoner.rm import train_reward_model
+    from reasoner.rlhf.rm_training import train_reward_model
 
     results = []
     for k in range(cfg.rlhf.ensemble):
@@ -131,7 +131,7 @@ def on_policy_accuracy(rows: list[dict], reward) -> dict:
 def measure_on_policy(cfg: Config, policies: dict[str, str], rm_paths: list[str]) -> dict[str, dict]:
     """``on_policy_accuracy`` of the RM(s) on each named policy's samples to the same held-out prompts."""
     from reasoner.models import default_device
-    from reasoner.rewards.model import RewardModel
+    from reasoner.rewards.reward_model import RewardModel
     from reasoner.tasks.preference import load
 
     if cfg.rlhf.on_policy_prompts <= 0:
@@ -147,8 +147,8 @@ def measure_on_policy(cfg: Config, policies: dict[str, str], rm_paths: list[str]
 
 
 def run_rlhf(cfg: Config, progress: bool = True) -> dict:
-    from reasoner.sft import run_sft
-    from reasoner.trainer import train
+    from reasoner.train.sft import run_sft
+    from reasoner.train.trainer import train
 
     t0 = time.time()
     out = Path(cfg.rlhf.output_dir)
@@ -191,7 +191,7 @@ def run_rlhf(cfg: Config, progress: bool = True) -> dict:
 
 
 def _last(path: Path, key: str):
-    from reasoner.metrics import read_metrics
+    from reasoner.train.metrics import read_metrics
 
     vals = [r[key] for r in read_metrics(path) if key in r]
     return round(vals[-1], 5) if vals else None

@@ -1,4 +1,4 @@
-"""Reward-model training (Bradley–Terry) on preference pairs, and its evaluation; scoring is in rewards/model.py.
+"""Reward-model training (Bradley–Terry) on preference pairs, and its evaluation; scoring is in rewards/reward_model.py.
 
 Data is TRL's preference format, read through ``datasets`` (local .jsonl/.json/.parquet or a hub id) or given
 as a list of row dicts:
@@ -34,14 +34,19 @@ import torch
 from tqdm import tqdm
 
 from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy, response_lm_loss
-from reasoner.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint, write_json_atomic
 from reasoner.config import Config, RMConfig, to_dict
 from reasoner.data import DataError, load_records
-from reasoner.lora import ADAPTER_DIR, add_lora, check_resume, enabled, load_adapter, save_merged
-from reasoner.metrics import MetricsLogger, plot_metrics
 from reasoner.models import default_device, set_cpu_threads
-from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.rewards.model import STATS_FILE, encode_texts, load_rm, score_texts
+from reasoner.rewards.reward_model import STATS_FILE, encode_texts, load_rm, score_texts
+from reasoner.train.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+    write_json_atomic,
+)
+from reasoner.train.lora import ADAPTER_DIR, add_lora, check_resume, enabled, load_adapter, save_merged
+from reasoner.train.metrics import MetricsLogger, plot_metrics
+from reasoner.train.optim import make_optimizer, make_scheduler
 
 RM_PLOT_KEYS = [("loss", "BT loss"), ("accuracy", "train accuracy"), ("eval/accuracy", "held-out accuracy"),
                 ("eval/margin", "held-out margin"), ("lr", "learning rate")]  # fmt: skip
@@ -264,8 +269,8 @@ def train_reward_model(
 ) -> dict:
     """Train a Bradley–Terry RM on ``data`` from ``model_path`` (a causal LM, or an RM directory = warm start);
     save it under ``out_dir/final`` with its tokenizer and reward stats; return the result dict."""
-    from reasoner.stop import GracefulStop, Interrupted
-    from reasoner.stream import batch_for_step
+    from reasoner.train.stop import GracefulStop, Interrupted
+    from reasoner.train.stream import batch_for_step
 
     t_start, rc = time.time(), cfg.rm
     run = Path(out_dir or rc.output_dir)
@@ -296,7 +301,7 @@ def train_reward_model(
     settings = {"lr": lr, "lm_coef": lm_coef, "weight_decay": weight_decay, "steps": steps}
     chosen = {k: v for k, v in settings.items() if getattr(rc, k) is None}
     if chosen:
-        print(f"[rm] not set, chosen for this model's size and data (reasoner.rm.default_*): "
+        print(f"[rm] not set, chosen for this model's size and data (reasoner.rlhf.rm_training.default_*): "
               f"{' '.join(f'rm.{k}={v:g}' for k, v in chosen.items())}; set them to choose")  # fmt: skip
     lm_head = rm_lm_head(model, model_path) if lm_coef else None
     optimizer = make_optimizer(model.parameters(), lr, weight_decay)

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     import torch
 
-    from reasoner.config import RolloutConfig
-
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -44,15 +42,3 @@ class Engine(Protocol):
         """Free generation memory (KV cache, engine weights) while the trainer updates."""
 
     def wake_up(self) -> None: ...
-
-
-def make_engine(cfg: RolloutConfig, model: torch.nn.Module, tokenizer, model_path: str) -> Engine:
-    if cfg.engine == "hf":
-        from reasoner.rollout.hf import HFEngine
-
-        return HFEngine(model, tokenizer, batch_size=cfg.batch_size, sampler=cfg.sampler)
-    if cfg.engine == "vllm":
-        from reasoner.rollout.vllm import VLLMEngine
-
-        return VLLMEngine.from_config(cfg, model_path=model_path, tokenizer=tokenizer)
-    raise ValueError(f"unknown rollout.engine {cfg.engine!r}; valid: hf, vllm")

@@ -28,7 +28,7 @@ works whether vLLM runs its workers in this process or in its own processes (the
 
 LoRA (``model.lora.r`` > 0): the engine serves the *merged* model, loaded from the base's directory and kept
 current by pushing the adapted layers' merged weights ``W + B A alpha / r``, each computed out of place when its
-bucket is packed (``reasoner.lora.MergedWeight``). Not vLLM's LoRA adapters (``enable_lora``): those run the
+bucket is packed (``reasoner.train.lora.MergedWeight``). Not vLLM's LoRA adapters (``enable_lora``): those run the
 adapter as an extra low-rank matmul in every forward (slower generation, a ``max_lora_rank`` cap, and kernels
 whose log-probs differ more from the trainer's), while a merged push keeps generation at base speed and the
 engine a plain model. Not an in-place merge and unmerge around the push either: in bf16 ``W + d - d != W``, so
@@ -71,9 +71,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from reasoner.lora import materialize
 from reasoner.rollout.base import Rollout, SamplingParams
 from reasoner.rollout.weights import SyncLedger, bucket_nbytes, named_weights, pack_bucket, plan_buckets
+from reasoner.train.lora import materialize
 
 if TYPE_CHECKING:
     from reasoner.config import RolloutConfig
@@ -309,7 +309,7 @@ class VLLMEngine:
 
     def _buckets(self, named: list[tuple[str, torch.Tensor]]):
         """Each bucket's slots and tensors, one bucket at a time: a LoRA policy's merged weights
-        (``reasoner.lora.MergedWeight``) are computed here, so a push holds one bucket of them at most."""
+        (``reasoner.train.lora.MergedWeight``) are computed here, so a push holds one bucket of them at most."""
         tensors = dict(named)
         for bucket in self._plan(named):
             yield bucket, [materialize(tensors[s.name]) for s in bucket]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from reasoner.distributed import unwrap
+from reasoner.train.distributed import unwrap
 
 ALIGN = 256  # bytes; a multiple of every dtype's size, and what CUDA kernels expect of a tensor's start
 # Module-path components that wrappers insert into parameter names (FSDP1, activation checkpointing,
@@ -51,10 +51,10 @@ def named_weights(model: torch.nn.Module, only_trainable: bool = False) -> list[
     ``requires_grad``: the only ones an optimizer step can change.
 
     A LoRA policy (``peft``) is listed as its merged model: each adapted layer's weight is a
-    ``reasoner.lora.MergedWeight``, merged out of place when ``materialize`` is called on it (one push bucket
-    at a time), and ``only_trainable`` keeps the adapted layers' weights. See reasoner/lora.py.
+    ``reasoner.train.lora.MergedWeight``, merged out of place when ``materialize`` is called on it (one push bucket
+    at a time), and ``only_trainable`` keeps the adapted layers' weights. See reasoner/train/lora.py.
     """
-    from reasoner.lora import is_lora, named_merged_weights
+    from reasoner.train.lora import is_lora, named_merged_weights
 
     if is_lora(unwrap(model)):
         return named_merged_weights(unwrap(model), only_trainable)

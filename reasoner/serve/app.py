@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from reasoner.serve import schemas
+from reasoner.serve import bodies
 from reasoner.serve.service import ServeService, ServiceError, now
 from reasoner.serve.store import new_completion_id
 
@@ -71,19 +71,19 @@ async def require_admin_key(svc: Service, authorization: Annotated[str | None, H
 openai_router = APIRouter(prefix="/v1")  # behind ApiKeyAuth
 
 
-@openai_router.get("/models", response_model=schemas.ModelList)
+@openai_router.get("/models", response_model=bodies.ModelList)
 def list_models(svc: Service):
     v = svc.policy.name
-    return schemas.ModelList(
+    return bodies.ModelList(
         data=[
-            schemas.ModelCard(id=svc.cfg.model_name, created=now(), root=v),
-            schemas.ModelCard(id=v, created=now(), root=v),
+            bodies.ModelCard(id=svc.cfg.model_name, created=now(), root=v),
+            bodies.ModelCard(id=v, created=now(), root=v),
         ]
     )
 
 
-@openai_router.post("/chat/completions", response_model=schemas.ChatResponse)
-async def chat_completions(req: schemas.ChatRequest, svc: Service):
+@openai_router.post("/chat/completions", response_model=bodies.ChatResponse)
+async def chat_completions(req: bodies.ChatRequest, svc: Service):
     svc.check_model(req.model)
     messages = [m.model_dump() for m in req.messages]
     prompt = svc.render_chat(messages)
@@ -95,13 +95,13 @@ async def chat_completions(req: schemas.ChatRequest, svc: Service):
     choices = gen.choices[0]
     cid = await svc.record("chat", prompt, gen.version, choices, req, messages)
     usage = _usage(gen.prompt_tokens[0], choices)
-    return schemas.ChatResponse(
+    return bodies.ChatResponse(
         id=cid,
         created=now(),
         model=gen.version,
         choices=[
-            schemas.ChatChoice(
-                index=i, message=schemas.ChatMessageOut(content=c.text), finish_reason=c.finish_reason
+            bodies.ChatChoice(
+                index=i, message=bodies.ChatMessageOut(content=c.text), finish_reason=c.finish_reason
             )
             for i, c in enumerate(choices)
         ],
@@ -109,8 +109,8 @@ async def chat_completions(req: schemas.ChatRequest, svc: Service):
     )
 
 
-@openai_router.post("/completions", response_model=schemas.CompletionResponse)
-async def completions(req: schemas.CompletionRequest, svc: Service):
+@openai_router.post("/completions", response_model=bodies.CompletionResponse)
+async def completions(req: bodies.CompletionRequest, svc: Service):
     svc.check_model(req.model)
     if isinstance(req.prompt, list) and len(req.prompt) != 1:
         # a completion id names one prompt (feedback compares answers to one prompt): one prompt per request
@@ -123,21 +123,20 @@ async def completions(req: schemas.CompletionRequest, svc: Service):
     flat = gen.choices[0]
     cid = await svc.record("text", prompt, gen.version, flat, req)
     usage = _usage(gen.prompt_tokens[0], flat)
-    return schemas.CompletionResponse(
+    return bodies.CompletionResponse(
         id=cid,
         created=now(),
         model=gen.version,
         choices=[
-            schemas.TextChoice(index=i, text=c.text, finish_reason=c.finish_reason)
-            for i, c in enumerate(flat)
+            bodies.TextChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(flat)
         ],
         usage=usage,
     )
 
 
-def _usage(prompt_tokens: int, choices) -> schemas.Usage:
+def _usage(prompt_tokens: int, choices) -> bodies.Usage:
     completion = sum(c.completion_tokens for c in choices)
-    return schemas.Usage(
+    return bodies.Usage(
         prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
     )
 
@@ -220,14 +219,14 @@ class RawRoute(APIRoute):
 
 async def post_feedback(request: Request) -> Response:
     try:
-        body = schemas.FEEDBACK.validate_json(await request.body())
+        body = bodies.FEEDBACK.validate_json(await request.body())
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
     key = request.headers.get("idempotency-key")
     if key is not None and len(key) > 256:
         raise ServiceError(422, "Idempotency-Key: at most 256 characters", "Idempotency-Key")
     created = await request.app.state.service.feedback(body, key)  # committed before the 201 goes out
-    return Response(schemas.FeedbackCreated(**created).model_dump_json(), 201, media_type="application/json")
+    return Response(bodies.FeedbackCreated(**created).model_dump_json(), 201, media_type="application/json")
 
 
 # the route many writers hit at once
@@ -236,12 +235,12 @@ feedback_router.add_api_route(
     post_feedback,
     methods=["POST"],
     status_code=201,
-    response_model=schemas.FeedbackCreated,
+    response_model=bodies.FeedbackCreated,
     route_class_override=RawRoute,
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": schemas.FEEDBACK_SCHEMA}},
+            "content": {"application/json": {"schema": bodies.FEEDBACK_SCHEMA}},
         },
         "parameters": [
             {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 256}}
@@ -250,7 +249,7 @@ feedback_router.add_api_route(
 )
 
 
-@feedback_router.get("/stats", response_model=schemas.StatsResponse)
+@feedback_router.get("/stats", response_model=bodies.StatsResponse)
 def get_stats(svc: Service):
     return svc.stats()
 
@@ -259,19 +258,19 @@ def get_stats(svc: Service):
 admin_router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_key)])
 
 
-@admin_router.post("/deploy", response_model=schemas.DeployResponse)
-def deploy(req: schemas.DeployRequest, svc: Service):
+@admin_router.post("/deploy", response_model=bodies.DeployResponse)
+def deploy(req: bodies.DeployRequest, svc: Service):
     previous = svc.policy.name
-    return schemas.DeployResponse(version=svc.deploy(req.path, req.version), previous=previous)
+    return bodies.DeployResponse(version=svc.deploy(req.path, req.version), previous=previous)
 
 
 # --- health and the page --------------------------------------------------------------------------------------
 page_router = APIRouter()
 
 
-@page_router.get("/health", response_model=schemas.Health)
+@page_router.get("/health", response_model=bodies.Health)
 def health(svc: Service):
-    return schemas.Health(version=svc.policy.name, model=svc.cfg.model_name)
+    return bodies.Health(version=svc.policy.name, model=svc.cfg.model_name)
 
 
 @page_router.get("/", include_in_schema=False)

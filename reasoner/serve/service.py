@@ -237,14 +237,14 @@ class ServeService:
 
     # --- feedback -----------------------------------------------------------------------------------------
     async def feedback(self, body, idempotency_key: str | None) -> dict:
-        from reasoner.serve import schemas
+        from reasoner.serve import bodies
         from reasoner.serve.store import IdempotencyConflict, NotFound
 
-        if isinstance(body, schemas.RatingFeedback):
+        if isinstance(body, bodies.RatingFeedback):
             kind, refs, field = "rating", [body.response], "response"
-        elif isinstance(body, schemas.ChoiceFeedback):
+        elif isinstance(body, bodies.ChoiceFeedback):
             kind, refs, field = "choice", [body.chosen, body.rejected], "rejected"
-        elif isinstance(body, schemas.TieFeedback):
+        elif isinstance(body, bodies.TieFeedback):
             kind, refs, field = "tie", body.responses, "responses"
         else:
             kind, refs, field = "ranking", body.ranking, "ranking"

@@ -11,7 +11,7 @@ one looks up every response it refers to, one ``executemany`` per table inserts 
 about a quarter of what four statements of its own did). A write that fails its own checks (an unknown ref, say)
 fails alone: every check runs before the run's first insert.
 
-The schema and its migrations are in ``reasoner.serve.schema``: a store opened on an older database runs each
+The schema and its migrations are in ``reasoner.serve.tables``: a store opened on an older database runs each
 ``MIGRATIONS[i]`` (version ``i`` to ``i + 1``) once, in its own transaction.
 
 >>> store = FeedbackStore("sqlite://")
@@ -39,7 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from reasoner.serve.schema import (
+from reasoner.serve.tables import (
     FEEDBACK_KINDS,
     MIGRATIONS,
     SCHEMA_VERSION,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from reasoner.algo import entropy_from_logits, token_logprobs
-from reasoner.layout import layout_inputs, pack_batch, packed_logprobs
 from reasoner.rollout.base import Rollout
+from reasoner.train.layout import layout_inputs, pack_batch, packed_logprobs
 
 
 @dataclass
@@ -25,7 +25,7 @@ class RolloutBatch:
     attention_mask: torch.Tensor  # [N, P + T]
     completion_mask: torch.Tensor  # [N, T] float, 1 on generated tokens
     prompt_width: int  # P
-    # how the model sees the rows (reasoner/layout.py); outputs always come back on this padded grid
+    # how the model sees the rows (reasoner/train/layout.py); outputs always come back on this padded grid
     shared_prefix: bool = False
     pack: bool = False
 
@@ -75,7 +75,7 @@ def sequence_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [N, T] of the completion under ``model`` at the sampling temperature (and entropy).
 
-    With ``batch.shared_prefix`` or ``batch.pack`` the model sees the layout of reasoner/layout.py; the result
+    With ``batch.shared_prefix`` or ``batch.pack`` the model sees the layout of reasoner/train/layout.py; the result
     is the same [N, T] grid (equal to float tolerance on real tokens; padding holds finite filler).
     """
     if batch.shared_prefix or batch.pack:

@@ -6,10 +6,13 @@ so a run killed at any moment (SIGKILL included) leaves the previous checkpoint 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +94,35 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     _write_atomic(Path(path), json.dumps(data, indent=2))
+
+
+@contextmanager
+def cache_lock(target: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock while building the cache ``target`` (a warm start, a converted model).
+
+    A second run that wants the same cache waits here instead of wiping the first one's half-written files,
+    and says who holds the lock; once it gets the lock it finds the finished cache and reuses it. The lock is
+    ``flock`` on ``<target>.lock`` (released by the kernel if the holder dies, even by SIGKILL).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = target.with_name(target.name + ".lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(
+                f"[cache] waiting for {what} at {target}: {path} is held by {holder}; it is reused when done"
+            )
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)

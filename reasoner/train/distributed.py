@@ -6,7 +6,7 @@ One process per GPU (or, on CPU, per core group with the gloo backend). Every ra
   own engine (HF: the local policy module; vLLM: one engine per rank, see ``reasoner/rollout/vllm.py``);
 - the update is data-parallel: the policy is wrapped in DDP (``wrap_ddp``), whose backward averages the
   gradients over ranks, so identical optimizers keep identical parameters on every rank; PPO's critic is
-  wrapped the same way (``reasoner/ppo.py``), and batch-wide statistics such as its advantage whitening are
+  wrapped the same way (``reasoner/train/estimators/ppo.py``), and batch-wide statistics such as its advantage whitening are
   summed over ranks (``all_reduce_sum``), so 2 ranks with B samples each take the step 1 rank takes with 2B;
 - metrics are averaged over ranks (``all_reduce_mean``); rank 0 alone writes logs, checkpoints and results.
 
@@ -20,7 +20,7 @@ built. Parameters become DTensor shards; ``reasoner.rollout.weights.named_weight
 ``full_tensor()`` (a collective: every rank pushes weights together) before they go into the rollout engine.
 Every FSDP forward is a collective too, so per-rank generation must not run the sharded module: use the vLLM
 engine (its own full copy of the weights). Both wrappers are tested with 2 processes on CPU (gloo):
-``tests/test_distributed.py``.
+``tests/train/test_distributed.py``.
 
 Launch: ``torchrun --nproc_per_node 8 -m reasoner train --config ...``. Without torchrun's environment
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) every helper is a no-op for a
@@ -137,7 +137,7 @@ def wrap_fsdp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """``model`` sharded with FSDP2 (each decoder layer, then the root) on several ranks; unchanged otherwise.
 
     Parameters become DTensor shards, in place: build the optimizer afterwards. Every forward all-gathers, so
-    every rank must run the same forwards: fine for ``reasoner.update.update`` on even shards, not for
+    every rank must run the same forwards: fine for ``reasoner.train.update.update`` on even shards, not for
     HF ``generate`` on different prompts (use the vLLM engine, which gets full weights via
     ``reasoner.rollout.weights.named_weights``).
     """
@@ -248,7 +248,7 @@ def print0(info: DistInfo, *args: Any, **kwargs: Any) -> None:
 
 
 class NullLogger:
-    """Stands in for ``reasoner.metrics.MetricsLogger`` on ranks other than 0: logs nothing."""
+    """Stands in for ``reasoner.train.metrics.MetricsLogger`` on ranks other than 0: logs nothing."""
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         pass

@@ -138,7 +138,7 @@ class AdaptersOff:
     """The KL reference of a LoRA policy: the policy's base model, i.e. its forward with the adapters disabled.
 
     Not an ``nn.Module`` on purpose: it owns no parameters, so nothing counts, saves or moves the policy's
-    weights twice through it. Called like a model (``reasoner.batch.sequence_logprobs`` does).
+    weights twice through it. Called like a model (``reasoner.train.batch.sequence_logprobs`` does).
     """
 
     def __init__(self, policy):

@@ -24,11 +24,12 @@ import torch
 from tqdm import tqdm
 
 from reasoner.config import Config, ConfigError
-from reasoner.metrics import MetricsLogger
 from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
-from reasoner.optim import make_optimizer, make_scheduler
 from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
+from reasoner.train.checkpoint import cache_lock
+from reasoner.train.metrics import MetricsLogger
+from reasoner.train.optim import make_optimizer, make_scheduler
 
 
 def encode_pairs(tokenizer, examples: list[Example]) -> list[tuple[list[int], int]]:
@@ -75,11 +76,17 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
         )
     examples = load_examples(cfg.task, "train", cfg.train.seed)
     key = _cache_key(cfg, model_path, examples)
-    done = out / "sft_done.json"
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        print(f"[sft] reusing {out} (same settings already trained)")
-        return out
+    with cache_lock(out, "the SFT warm start"):
+        done = out / "sft_done.json"
+        if done.is_file() and json.loads(done.read_text()).get("key") == key:
+            print(f"[sft] reusing {out} (same settings already trained)")
+            return out
+        return _train(cfg, model_path, examples, key, out, progress)
 
+
+def _train(
+    cfg: Config, model_path: str, examples: list[Example], key: str, out: Path, progress: bool
+) -> Path:
     sc = cfg.sft
     torch.manual_seed(cfg.train.seed)
     rng = random.Random(cfg.train.seed)
@@ -156,7 +163,7 @@ def _renderer(cfg: Config, tokenizer, examples: list[Example]):
     or when the rows' prompts are chat messages)."""
     if not (cfg.task.chat_template or any(ex.messages is not None for ex in examples)):
         return lambda ex: ex
-    from reasoner.stream import prompt_renderer
+    from reasoner.train.stream import prompt_renderer
 
     render = prompt_renderer(tokenizer, cfg)
     return lambda ex: replace(ex, prompt=render(ex))

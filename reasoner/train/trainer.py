@@ -21,7 +21,7 @@ with eps = 0.2, and the k3 KL estimator in the loss with beta = 0.04. Departures
   whitened over the whole batch, with no group baseline at all.
 - ``algo.name=reinforce_plus_plus_baseline``: the group mean is subtracted, then advantages are whitened over the
   batch instead of divided by each group's std.
-- ``algo.name=ppo``: a learned critic and GAE instead of the group baseline (reasoner/ppo.py).
+- ``algo.name=ppo``: a learned critic and GAE instead of the group baseline (reasoner/train/estimators/ppo.py).
 - Log-probs are taken at the sampling temperature, so the ratio and the KL compare like with like.
 
 Interrupts: the first SIGINT (Ctrl-C) or SIGTERM lets the current step finish, saves it and exits (130);
@@ -44,15 +44,27 @@ import torch
 from tqdm import tqdm
 
 from reasoner.algo import POLICY_LOSSES, overlong_penalty, varying_groups
-from reasoner.checkpoint import (
+from reasoner.config import Config, ConfigError, to_dict
+from reasoner.evaluate import SCORE_METRIC, evaluate_model
+from reasoner.models import (
+    default_device,
+    load_policy,
+    load_tokenizer,
+    load_trainable_policy,
+    set_cpu_threads,
+)
+from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
+from reasoner.rollout import Rollout, SamplingParams, make_engine
+from reasoner.tasks import get_task, load_examples
+from reasoner.tasks.base import Example
+from reasoner.train.checkpoint import (
     latest_checkpoint,
     load_extra,
     load_trainer_state,
     save_checkpoint,
     write_json_atomic,
 )
-from reasoner.config import Config, ConfigError, to_dict
-from reasoner.distributed import (
+from reasoner.train.distributed import (
     NullLogger,
     all_reduce_mean,
     barrier,
@@ -62,25 +74,13 @@ from reasoner.distributed import (
     shard,
     wrap_ddp,
 )
-from reasoner.estimators import make_estimator
-from reasoner.evaluate import SCORE_METRIC, evaluate_model
-from reasoner.lora import ADAPTER_DIR, AdaptersOff, check_lora, enabled, is_lora, save_merged
-from reasoner.metrics import MetricsLogger, plot_metrics
-from reasoner.models import (
-    default_device,
-    load_policy,
-    load_tokenizer,
-    load_trainable_policy,
-    set_cpu_threads,
-)
-from reasoner.optim import make_optimizer, make_scheduler
-from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
-from reasoner.rollout import Rollout, SamplingParams, make_engine
-from reasoner.stop import GracefulStop, Interrupted
-from reasoner.stream import prompt_renderer, stream_slice
-from reasoner.tasks import get_task, load_examples
-from reasoner.tasks.base import Example
-from reasoner.update import update
+from reasoner.train.estimators import make_estimator
+from reasoner.train.lora import ADAPTER_DIR, AdaptersOff, check_lora, enabled, is_lora, save_merged
+from reasoner.train.metrics import MetricsLogger, plot_metrics
+from reasoner.train.optim import make_optimizer, make_scheduler
+from reasoner.train.stop import GracefulStop, Interrupted
+from reasoner.train.stream import prompt_renderer, stream_slice
+from reasoner.train.update import update
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
@@ -114,14 +114,16 @@ class Run:
     """What a run holds between steps: built by ``setup``, used by the named steps of ``train``."""
 
     cfg: Config
-    world: Any  # reasoner.distributed.DistInfo
+    world: Any  # reasoner.train.distributed.DistInfo
     dir: Path
     device: torch.device
     tokenizer: Any
     policy: torch.nn.Module  # generation and checkpoints
     model: torch.nn.Module  # the update: ``policy``, DDP-wrapped under torchrun
-    reference: Any  # a model, reasoner.lora.AdaptersOff (LoRA: the policy with its adapters off), or None
-    estimator: Any  # reasoner.estimators.Estimator
+    reference: (
+        Any  # a model, reasoner.train.lora.AdaptersOff (LoRA: the policy with its adapters off), or None
+    )
+    estimator: Any  # reasoner.train.estimators.Estimator
     task: Any
     train_set: list[Example]
     eval_shard: list[Example]
@@ -183,7 +185,7 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         if world.is_main:
             print("[train] no task.solution (reference completions) in the data: skipping the SFT warm start")
     elif cfg.sft.steps > 0:  # offline default: a supervised warm start before RL (cached between runs)
-        from reasoner.sft import run_sft
+        from reasoner.train.sft import run_sft
 
         if world.is_main:
             with stop.immediate():  # SFT writes its result atomically: stopping midway leaves no trace

@@ -1,10 +1,10 @@
 """The policy update of one batch of rollouts: advantages, then ``algo.inner_epochs`` clipped policy-gradient steps.
 
-``update`` turns rollouts into a :class:`reasoner.batch.RolloutBatch` (shared prompts and packing as
+``update`` turns rollouts into a :class:`reasoner.train.batch.RolloutBatch` (shared prompts and packing as
 ``train.shared_prefix`` / ``train.pack`` say), takes the old, reference and engine log-probs it needs, asks the
-estimator (reasoner.estimators: group baselines, RLOO, REINFORCE++, PPO's critic) for advantages, and runs the
+estimator (reasoner.train.estimators: group baselines, RLOO, REINFORCE++, PPO's critic) for advantages, and runs the
 policy loss (``algo.loss``, reasoner.algo) plus ``beta * KL`` over micro-batches whose gradients add up to the
-whole batch's, on one rank or under DDP. The algorithm choices are listed in reasoner.trainer's docstring.
+whole batch's, on one rank or under DDP. The algorithm choices are listed in reasoner.train.trainer's docstring.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from reasoner.algo import POLICY_LOSSES, aggregate, kl_penalty
-from reasoner.batch import RolloutBatch, make_batch, sequence_logprobs
 from reasoner.config import Config
-from reasoner.distributed import DistInfo, all_reduce_sum
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics, tis_weights
+from reasoner.train.batch import RolloutBatch, make_batch, sequence_logprobs
+from reasoner.train.distributed import DistInfo, all_reduce_sum
 
 
 def update(

@@ -24,6 +24,15 @@ if ! docker info >/dev/null 2>&1; then
     exit 1
 fi
 
+# One build at a time: a second `make` waits for the first (and then finds the image up to date) instead of
+# racing it. flock is released by the kernel if the holder dies.
+LOCK="${TMPDIR:-/tmp}/reasoner-sandbox-image.lock"
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+    say "waiting: another build of $IMAGE holds $LOCK"
+    flock 9
+fi
+
 HASH="$( (cat "$ROOT/Dockerfile" "$ROOT/sandbox/runner.py"; echo "base=$BASE") | sha256sum | cut -c1-16)"
 CURRENT="$(docker image inspect -f "{{ index .Config.Labels \"$LABEL\" }}" "$IMAGE" 2>/dev/null || true)"
 if [ "$CURRENT" = "$HASH" ]; then

@@ -1,6 +1,6 @@
 """Two threads standing in for two ranks that share a batch: each computes on its piece with a ``reduce`` that adds
-up what both hand it, the shape of ``reasoner.distributed.all_reduce_sum``. Pure math stays testable without
-processes; tests/test_distributed.py runs the real gloo collectives."""
+up what both hand it, the shape of ``reasoner.train.distributed.all_reduce_sum``. Pure math stays testable without
+processes; tests/train/test_distributed.py runs the real gloo collectives."""
 
 from __future__ import annotations
 

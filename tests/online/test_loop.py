@@ -15,7 +15,7 @@ import pytest
 
 from reasoner.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_overrides(model: Path, sft_dir: Path, run: Path) -> list[str]:
@@ -37,7 +37,7 @@ def tiny_overrides(model: Path, sft_dir: Path, run: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def warm_start(tiny_model_dir, tmp_path_factory) -> Path:
     """The SFT warm start, trained once; every run below reuses it through run_sft's cache."""
-    from reasoner.sft import run_sft
+    from reasoner.train.sft import run_sft
 
     sft_dir = tmp_path_factory.mktemp("online-sft") / "sft"
     cfg = load_config(None, tiny_overrides(tiny_model_dir, sft_dir, sft_dir.parent / "unused"))
@@ -82,8 +82,8 @@ def finish(args: list[str]) -> tuple[dict, str]:
 
 
 def check_resumed(run: Path, result: dict) -> None:
+    from reasoner.online.simusers import Journal
     from reasoner.serve.store import FeedbackStore
-    from reasoner.simusers import Journal
 
     store = FeedbackStore(str(run / "feedback.db"))
     journal = Journal(run / "simusers" / "journal.jsonl")
@@ -129,7 +129,7 @@ def test_gate_refuses_a_worse_candidate(tiny_model_dir, warm_start):
     itself: accepted (not worse). The scorer is the formal-tone gold rule, a real verifier of tone."""
     import random
 
-    from reasoner.gate import compare, decide
+    from reasoner.online.gate import compare, decide
     from reasoner.tasks.preference import gold_score, make_prompt
 
     rng = random.Random(0)

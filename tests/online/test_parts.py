@@ -7,9 +7,9 @@ import random
 import pytest
 
 from reasoner.config import ConfigError, load_config
-from reasoner.gate import decide, win_rate
-from reasoner.online import rm_window, split_heldout, validate
-from reasoner.simusers import Journal, judge, make_users
+from reasoner.online.gate import decide, win_rate
+from reasoner.online.loop import rm_window, split_heldout, validate
+from reasoner.online.simusers import Journal, judge, make_users
 
 ROUNDS = [[{"id": 1}, {"id": 2}], [{"id": 3}, {"id": 4}], [{"id": 5}]]
 

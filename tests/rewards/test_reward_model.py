@@ -14,7 +14,7 @@ import torch
 
 from reasoner.config import load_config
 from reasoner.rewards.combine import build_reward
-from reasoner.rewards.model import STATS_FILE, RewardModel
+from reasoner.rewards.reward_model import STATS_FILE, RewardModel
 from reasoner.tasks.base import Example
 
 PROMPTS = ["Ann: what is 3+4?\n", "Bob: how do I bake bread?\n", "Cal: what is 1+1?\n"]
@@ -127,8 +127,8 @@ def test_a_reward_named_twice_fails():
 
 
 def test_ppo_with_kl_in_reward_trains_against_the_reward_model(rms, tiny_model_dir, tmp_path):
-    from reasoner.metrics import read_metrics
-    from reasoner.trainer import train
+    from reasoner.train.metrics import read_metrics
+    from reasoner.train.trainer import train
 
     cfg = load_config(None, [
         "algo.name=ppo", "algo.kl_in_reward=true", "algo.beta=0.05", "task.name=preference", "task.eval_size=4",

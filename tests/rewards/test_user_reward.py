@@ -15,7 +15,7 @@ from reasoner.rewards.combine import build_eval_reward, build_reward
 from reasoner.rewards.user import RewardError, UserReward
 from reasoner.tasks import get_task
 from reasoner.tasks.base import Example
-from reasoner.trainer import score
+from reasoner.train.trainer import score
 
 REWARD_FILE = '''
 import json, os

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reasoner.config import load_config
-from reasoner.rlhf import on_policy_accuracy, run_rlhf
+from reasoner.rlhf.demo import on_policy_accuracy, run_rlhf
 
 
 class LengthReward:
@@ -33,7 +33,7 @@ def test_on_policy_accuracy_counts_hits_per_family_and_ties_as_half():
 
 
 def _benchmark(name: str):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,7 +14,7 @@ from reasoner.cli import main
 from reasoner.config import RMConfig, load_config
 from reasoner.data import DataError
 from reasoner.models import build_char_tokenizer
-from reasoner.rm import (
+from reasoner.rlhf.rm_training import (
     TINY_PARAMS,
     TINY_STEPS,
     default_lm_coef,
@@ -216,7 +216,7 @@ def test_sigterm_saves_the_step_it_finished_and_resume_continues(tiny_model_dir,
     import sys
     import time
 
-    from reasoner.checkpoint import latest_checkpoint, load_trainer_state
+    from reasoner.train.checkpoint import latest_checkpoint, load_trainer_state
 
     data = _write_jsonl(tmp_path / "train.jsonl", ROWS * 4)
     out = tmp_path / "run"
@@ -261,8 +261,8 @@ def test_auxiliary_lm_loss_is_the_causal_lms_cross_entropy_on_the_chosen_respons
     (prompt tokens excluded, truncation from the left honoured), and the scores are the same as without it."""
     from transformers import AutoModelForCausalLM
 
-    from reasoner.rewards.model import load_rm
-    from reasoner.rm import pair_scores, rm_lm_head
+    from reasoner.rewards.reward_model import load_rm
+    from reasoner.rlhf.rm_training import pair_scores, rm_lm_head
 
     model, tok = load_rm(str(tiny_model_dir))
     pairs = load_pairs(ROWS[:2], tok, RC)
@@ -306,8 +306,8 @@ def test_an_untied_model_uses_its_causal_lm_head_frozen_and_an_rm_without_one_is
 
     from transformers import LlamaForCausalLM
 
-    from reasoner.rewards.model import load_rm
-    from reasoner.rm import rm_lm_head
+    from reasoner.rewards.reward_model import load_rm
+    from reasoner.rlhf.rm_training import rm_lm_head
 
     untied = tmp_path / "untied"
     shutil.copytree(tiny_model_dir, untied)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.rollout.base import SamplingParams
 from reasoner.rollout.hf import HFEngine
 from reasoner.rollout.mismatch import engine_logprob_tensor, mismatch_metrics
+from reasoner.train.batch import make_batch, sequence_logprobs
 
 PROMPTS = ["12+7=", "3*4=", "100-1="]
 N, MAX_NEW = 3, 8

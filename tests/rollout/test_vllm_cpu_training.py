@@ -8,9 +8,9 @@ import json
 import pytest
 
 from reasoner.config import load_config
-from reasoner.trainer import train
+from reasoner.train.trainer import train
 from tests.rollout.conftest import NO_VLLM_CPU, vllm_cpu_usable
-from tests.test_trainer import SEVEN  # also registers the "seven" task
+from tests.train.test_trainer import SEVEN  # also registers the "seven" task
 
 
 @pytest.mark.vllm

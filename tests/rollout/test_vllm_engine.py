@@ -69,7 +69,7 @@ def test_vllm_without_a_gpu_says_to_use_the_hf_engine(monkeypatch, tokenizer, ti
 def test_importing_reasoner_never_imports_vllm():
     code = (
         "import sys, reasoner, reasoner.rollout, reasoner.rollout.vllm, reasoner.rollout.vllm_worker, "
-        "reasoner.rollout.weights, reasoner.rollout.mismatch, reasoner.distributed, reasoner.trainer\n"
+        "reasoner.rollout.weights, reasoner.rollout.mismatch, reasoner.train.distributed, reasoner.train.trainer\n"
         "assert 'vllm' not in sys.modules, sorted(m for m in sys.modules if m.startswith('vllm'))"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

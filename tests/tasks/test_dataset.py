@@ -81,7 +81,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 def test_conversational_prompts_render_with_the_chat_template(tmp_path, tiny_model_dir):
     from reasoner.models import load_tokenizer
-    from reasoner.stream import prompt_renderer
+    from reasoner.train.stream import prompt_renderer
 
     data = _jsonl(tmp_path / "d.jsonl", [{"messages": CHAT, "sol": "4"}])
     cfg = load_config(None, ["task.name=dataset", f"task.train={data}", f"task.test={data}",

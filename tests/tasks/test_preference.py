@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from reasoner.rlhf import length_heuristic_accuracy
+from reasoner.rlhf.demo import length_heuristic_accuracy
 from reasoner.tasks import get_task
 from reasoner.tasks.preference import (
     RULES,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reasoner.distributed import (
+from reasoner.train.distributed import (
     DistInfo,
     all_reduce_mean,
     destroy,
@@ -27,7 +27,7 @@ from reasoner.distributed import (
 PROMPTS = ["1+1=", "2+3=", "7*8=", "9-4="]
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 WORLD = 2
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _rank_main(rank: int, world: int, port: int, model_dir: str, out_dir: str) -> None:
@@ -36,12 +36,12 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
     from reasoner.config import load_config
-    from reasoner.estimators import make_estimator
     from reasoner.models import load_policy, load_tokenizer
-    from reasoner.optim import make_optimizer
     from reasoner.rollout import SamplingParams
     from reasoner.rollout.hf import HFEngine
-    from reasoner.update import update
+    from reasoner.train.estimators import make_estimator
+    from reasoner.train.optim import make_optimizer
+    from reasoner.train.update import update
 
     info = init_from_env(backend="gloo", timeout_s=60)
     try:
@@ -192,11 +192,11 @@ PPO_STEPS = 2
 def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False, algo: str = "ppo") -> dict:
     """``PPO_STEPS`` trainer updates of a fresh policy (and critic) on ``rollouts``; their weights afterwards."""
     from reasoner.config import load_config
-    from reasoner.estimators import make_estimator
     from reasoner.models import load_policy, load_tokenizer
-    from reasoner.optim import make_optimizer
     from reasoner.rollout.weights import named_weights
-    from reasoner.update import update
+    from reasoner.train.estimators import make_estimator
+    from reasoner.train.optim import make_optimizer
+    from reasoner.train.update import update
 
     cpu = torch.device("cpu")
     cfg = load_config(None, PPO_ARGS + [f"algo.name={algo}"])
@@ -319,7 +319,7 @@ def _train_rank_main(rank: int, world: int, port: int, args: list[str], out: str
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
     torch.set_num_threads(1)
-    import reasoner.trainer as trainer
+    import reasoner.train.trainer as trainer
     from reasoner.config import load_config
 
     finish = trainer.finish
@@ -386,7 +386,7 @@ def _batch_std_rank(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))  # fmt: skip
     from reasoner.config import load_config
-    from reasoner.estimators import make_estimator
+    from reasoner.train.estimators import make_estimator
 
     info = init_from_env(backend="gloo", timeout_s=60)
     try:

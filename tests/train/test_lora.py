@@ -1,4 +1,4 @@
-"""LoRA through peft (reasoner/lora.py): what trains, the reference, merged weights, saving, and resume."""
+"""LoRA through peft (reasoner/train/lora.py): what trains, the reference, merged weights, saving, and resume."""
 
 from __future__ import annotations
 
@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import ConfigError, LoraSettings, load_config
-from reasoner.lora import AdaptersOff, check_lora, is_lora, materialize, named_merged_weights, save_merged
 from reasoner.models import load_policy, load_tokenizer, load_trainable_policy
 from reasoner.rollout import Rollout, SamplingParams
 from reasoner.rollout.hf import HFEngine
 from reasoner.rollout.weights import bucket_nbytes, named_weights, pack_bucket, plan_buckets, unpack_bucket
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.lora import (
+    AdaptersOff,
+    check_lora,
+    is_lora,
+    materialize,
+    named_merged_weights,
+    save_merged,
+)
 
 CPU = torch.device("cpu")
 ROLLOUTS = [Rollout(0, [5, 6, 7, 8], [9, 10, 2], "", "stop"), Rollout(1, [11, 12], [13, 14], "", "length")]
@@ -56,7 +63,7 @@ def test_bad_lora_settings_fail_naming_the_key(settings, message):
 
 
 def test_resuming_with_other_lora_settings_than_the_checkpoint_fails_naming_them(tmp_path):
-    from reasoner.lora import check_resume
+    from reasoner.train.lora import check_resume
 
     whole, adapter = tmp_path / "whole", tmp_path / "adapter"
     whole.mkdir()
@@ -78,7 +85,7 @@ def test_unknown_target_module_lists_the_models_linear_layers(tiny_model_dir):
 
 
 def test_only_adapter_parameters_receive_gradients_and_move(tiny_model_dir):
-    from reasoner.optim import make_optimizer
+    from reasoner.train.optim import make_optimizer
 
     policy = _lora_policy(tiny_model_dir)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
@@ -155,8 +162,8 @@ def test_final_merged_model_generates_like_the_adapter_model(tiny_model_dir, tmp
 
 
 def test_lora_critic_trains_adapters_and_head_and_checkpoints_only_them(tiny_model_dir, tmp_path):
-    from reasoner.checkpoint import load_extra, save_extra
-    from reasoner.ppo import PPOEstimator
+    from reasoner.train.checkpoint import load_extra, save_extra
+    from reasoner.train.estimators.ppo import PPOEstimator
 
     cfg = load_config(None, ["algo.name=ppo", "model.lora.r=4"])
     est = PPOEstimator(cfg, None, str(tiny_model_dir), CPU)
@@ -179,8 +186,8 @@ def test_lora_critic_trains_adapters_and_head_and_checkpoints_only_them(tiny_mod
 
 
 def test_lora_reward_model_saves_merged_final_and_adapter(tiny_model_dir, tmp_path):
-    from reasoner.rewards.model import load_rm, score_texts
-    from reasoner.rm import train_reward_model
+    from reasoner.rewards.reward_model import load_rm, score_texts
+    from reasoner.rlhf.rm_training import train_reward_model
 
     rows = [{"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i + 2)} for i in range(16)]
     cfg = load_config(None, ["model.lora.r=4", "rm.steps=3", "rm.batch_size=4", "rm.warmup_steps=0",

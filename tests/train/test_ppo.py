@@ -12,17 +12,18 @@ import shutil
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
-from reasoner.checkpoint import latest_checkpoint, load_extra, load_trainer_state, save_checkpoint
+from reasoner.algo import token_rewards
 from reasoner.config import load_config
-from reasoner.estimators import make_estimator
 from reasoner.models import load_policy, load_tokenizer
-from reasoner.ppo import PPOEstimator, token_rewards
 from reasoner.rollout import SamplingParams
 from reasoner.rollout.hf import HFEngine
 from reasoner.tasks import TASKS
 from reasoner.tasks.base import Example, Task
-from reasoner.trainer import train
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.checkpoint import latest_checkpoint, load_extra, load_trainer_state, save_checkpoint
+from reasoner.train.estimators import make_estimator
+from reasoner.train.estimators.ppo import PPOEstimator
+from reasoner.train.trainer import train
 
 PROMPTS = [
     "Ann has 3 pens, finds 2. How many now?\n",
@@ -175,7 +176,7 @@ def test_update_lowers_the_value_loss_on_a_fixed_batch(setup):
 
 
 def test_warmup_freezes_the_policy_while_the_critic_learns(setup):
-    from reasoner.update import update as trainer_update
+    from reasoner.train.update import update as trainer_update
 
     policy, batch, path = setup
     cfg = _cfg("algo.critic_warmup_steps=2", "algo.beta=0.0", "optim.lr=1e-2")
@@ -305,9 +306,9 @@ def test_ppo_configs_share_the_grpo_warm_start_and_sample_budget(kind):
     """`make train-{kind} ALGO=ppo` reuses GRPO's cached SFT model and generates as many samples per step."""
     from pathlib import Path
 
-    from reasoner.sft import _cache_key
+    from reasoner.train.sft import _cache_key
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     grpo, ppo = (load_config(configs / f"{kind}-{algo}.yaml") for algo in ("grpo", "ppo"))
     assert ppo.algo.name == "ppo" and grpo.algo.name == "grpo"
     assert _cache_key(ppo, ppo.model.path, []) == _cache_key(grpo, grpo.model.path, [])

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from reasoner.config import ConfigError, load_config
-from reasoner.metrics import read_metrics
 from reasoner.models import load_policy
-from reasoner.sft import _cache_key, collate, encode_pairs, held_out_loss, run_sft
 from reasoner.tasks import TASKS, arithmetic
 from reasoner.tasks.base import Task
+from reasoner.train.metrics import read_metrics
+from reasoner.train.sft import _cache_key, collate, encode_pairs, held_out_loss, run_sft
 
 
 def _cfg(tmp_path, *extra):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 REWARD = """
 import json
@@ -76,7 +76,7 @@ def test_a_reward_of_yours_that_raises_stops_the_run_naming_it(tiny_model_dir, t
 
 def test_sft_warm_start_on_the_solution_field_of_conversational_rows(tiny_model_dir, tmp_path):
     from reasoner.config import ConfigError, load_config
-    from reasoner.sft import run_sft
+    from reasoner.train.sft import run_sft
 
     rows = [
         {"chat": [{"role": "user", "content": r["q"]}], "sol": r["sol"], "ref": f" {r['sol']}"} for r in ROWS

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import load_config
 from reasoner.rollout import Rollout
-from reasoner.trainer import train
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.trainer import train
 
 SEVEN_CLI = Path(__file__).with_name("seven_task.py")
 runpy.run_path(str(SEVEN_CLI))  # registers the "seven" task

