@@ -3,6 +3,7 @@
 - README.md is at most 300 lines (issue 28): reference material lives in docs/.
 - Every relative link and image in README.md, docs/*.md and benchmarks/results/*.md points to a file that exists,
   and an anchor into a markdown file names one of its headings (GitHub's slugs).
+- The README names every `make` target (its table of targets, or the two commands).
 - Every config key in reasoner/config.py has a row in docs/training.md's "Every config key" with its default.
 """
 
@@ -66,6 +67,14 @@ def test_readme_is_a_front_door():
         f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move reference material to docs/ "
         "and superseded figures to benchmarks/results/<topic>-history.md"
     )
+
+
+def test_readme_names_every_make_target():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = {t for line in re.findall(r"^\.PHONY:(.*)$", makefile, re.M) for t in line.split()}
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(t for t in targets if not re.search(rf"`make {re.escape(t)}\b", readme))
+    assert not missing, f"README.md does not name make {missing}: add a row to its table of make targets"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
