@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from reasoner.tasks import get_task
     from reasoner.train.estimators import make_estimator
     from reasoner.train.trainer import score
-    from reasoner.train.update import update
+    from reasoner.train.update import Learner, Scored, update
 
     cfg = load_config(ROOT / "configs" / "math-grpo.yaml", [f"algo.beta={args.beta}", f"optim.lr={args.lr}"])
     torch.set_num_threads(1)
@@ -98,8 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         rollouts = engine.generate([ex.prompt for ex in train_set], params)
         aligned = [train_set[r.prompt_index] for r in rollouts]
         rewards, scored, _ = score(get_reward("math"), None, 0.0, rollouts, aligned)
-        metrics = update(cfg, policy, reference, estimator, optimizer, rollouts, rewards, scored,
-                         tokenizer.pad_token_id, torch.device("cpu"))  # fmt: skip
+        metrics = update(
+            Learner(
+                cfg=cfg,
+                model=policy,
+                reference=reference,
+                estimator=estimator,
+                optimizer=optimizer,
+                pad_id=tokenizer.pad_token_id,
+                device=torch.device("cpu"),
+            ),
+            Scored(rollouts=rollouts, rewards=rewards, scored=scored),
+        )
         if step % args.every == 0 or step == args.steps:
             rows.append({"step": step, "sampled_reward": round(rewards.mean().item(), 4),
                          "train_greedy": greedy_accuracy(engine, task, train_set, max_new),

@@ -15,7 +15,6 @@ the steps since the previous evaluation (``curve``).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reasoner.config import RewardTerm, load_config  # noqa: E402
+from reasoner.config import RewardTerm, load_config, with_values  # noqa: E402
 from reasoner.train.metrics import read_metrics  # noqa: E402
 
 CONFIG = ROOT / "configs" / "rlhf-grpo.yaml"
@@ -65,7 +64,7 @@ def main() -> None:
 
     t0 = time.time()
     cfg = load_config(CONFIG, args.overrides)
-    cfg.rlhf.ensemble = args.members
+    cfg = with_values(cfg, {"rlhf.ensemble": args.members})
     out = Path(cfg.rlhf.output_dir)
     init = str(run_sft(cfg, cfg.model.path, cfg.sft.output_dir, progress=False))
     train_path, eval_path, _ = make_preference_data(cfg, out / "data")
@@ -75,13 +74,12 @@ def main() -> None:
         ("one RM", [rms[0]["model"]]),
         (f"ensemble of {args.members}", [r["model"] for r in rms]),
     ):
-        rl = copy.deepcopy(cfg)
-        rl.task.rewards = [RewardTerm(name="model")]
-        rl.reward_model.paths = paths
-        rl.model.path, rl.sft.steps, rl.algo.beta = init, 0, args.beta
-        rl.train.steps, rl.train.eval_every, rl.train.save_every = args.steps, args.eval_every, 0
-        rl.train.tensorboard = False
-        rl.train.output_dir = str(out / f"overopt-{len(paths)}")
+        rl = with_values(cfg, {
+            "task.rewards": [RewardTerm(name="model")], "reward_model.paths": paths,
+            "model.path": init, "sft.steps": 0, "algo.beta": args.beta,
+            "train.steps": args.steps, "train.eval_every": args.eval_every, "train.save_every": 0,
+            "train.tensorboard": False, "train.output_dir": str(out / f"overopt-{len(paths)}"),
+        })  # fmt: skip
         result = train(rl, progress=False)
         runs[name] = {"curve": curve(Path(rl.train.output_dir)), "result": result}
         print(f"[overopt] {name}: gold {result['eval_before']} -> {result['eval_after']}")

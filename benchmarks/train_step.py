@@ -41,7 +41,7 @@ from reasoner.train.layout import pack_batch
 from reasoner.train.optim import make_optimizer
 from reasoner.train.stream import batch_for_step
 from reasoner.train.trainer import score
-from reasoner.train.update import update
+from reasoner.train.update import Learner, Scored, update
 
 RESULTS = Path(__file__).parent / "results"
 QWEN_05B = dict(vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
@@ -113,7 +113,18 @@ def main() -> None:
         t2 = time.perf_counter()
         est = make_estimator(cfg, policy, str(model_dir), device)
         s = time.perf_counter()
-        update(cfg, policy, reference, est, optimizer, rollouts, rewards, scored, tok.pad_token_id, device)
+        update(
+            Learner(
+                cfg=cfg,
+                model=policy,
+                reference=reference,
+                estimator=est,
+                optimizer=optimizer,
+                pad_id=tok.pad_token_id,
+                device=device,
+            ),
+            Scored(rollouts=rollouts, rewards=rewards, scored=scored),
+        )
         _sync(device)
         t3 = time.perf_counter()
         with torch.no_grad():  # the pass the on-policy path saves: old log-probs before the update
@@ -224,8 +235,18 @@ def layouts_main(args) -> None:
                     torch.cuda.reset_peak_memory_stats()
                 _sync(device)
                 t0 = time.perf_counter()
-                update(cfg, policy, reference, est, optimizer, rollouts, rewards, scored, tok.pad_token_id,
-                       device)  # fmt: skip
+                update(
+                    Learner(
+                        cfg=cfg,
+                        model=policy,
+                        reference=reference,
+                        estimator=est,
+                        optimizer=optimizer,
+                        pad_id=tok.pad_token_id,
+                        device=device,
+                    ),
+                    Scored(rollouts=rollouts, rewards=rewards, scored=scored),
+                )
                 _sync(device)
                 if step:
                     times[name].append(time.perf_counter() - t0)

@@ -14,6 +14,7 @@ reasoner.config.ConfigError: unknown key 'algo.betta'; valid keys under 'algo': 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message says which key and what would be valid."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraSettings:
     """``model.lora``: LoRA adapters through ``peft`` (named so as not to clash with ``peft.LoraConfig``).
 
@@ -44,7 +45,7 @@ class LoraSettings:
     target_modules: list[str] | str = "all-linear"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     path: str = "runs/tiny-model"  # hub id or local directory; built by `reasoner tiny-model` if missing
     tokenizer: str | None = None  # defaults to `path`
@@ -55,7 +56,7 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardTerm:
     # a name in reasoner.rewards.REWARDS, "model" (the reward model(s) in `reward_model`), or a function of
     # yours: "path/to/file.py:function" / "package.module:function" (see task.reward)
@@ -63,7 +64,7 @@ class RewardTerm:
     weight: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TaskConfig:
     name: str = "arithmetic"  # see reasoner.tasks.TASKS
     train: str | None = (
@@ -94,7 +95,7 @@ class TaskConfig:
     reward_workers: int = 0  # worker processes for a user reward function (slow ones); 0 = in this process
 
 
-@dataclass
+@dataclass(frozen=True)
 class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"
     n: int = 8  # G: completions per prompt
@@ -116,7 +117,7 @@ class RolloutConfig:
     tis_cap: float = 2.0  # truncated importance sampling cap when use_engine_logprobs is on
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlgoConfig:
     # the advantage estimator (reasoner.train.estimators.ESTIMATORS): group, leave-one-out, batch-normalised, critic
     name: Literal["grpo", "ppo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"] = "grpo"
@@ -147,7 +148,7 @@ class AlgoConfig:
     critic_model: str | None = None  # None = initialise the critic from the policy
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = 1e-6
     weight_decay: float = 0.0
@@ -157,7 +158,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     steps: int = 100
     prompts_per_step: int = 8
@@ -176,7 +177,7 @@ class TrainConfig:
     pack: bool = True  # rows packed without padding (block-diagonal attention)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SFTConfig:
     steps: int = 1000
     batch_size: int = 32
@@ -193,7 +194,7 @@ class SFTConfig:
     eval_size: int = 64
 
 
-@dataclass
+@dataclass(frozen=True)
 class OnlineConfig:
     """The online loop (``reasoner online``): rounds of collect -> RM update -> RL round -> gate -> deploy."""
 
@@ -237,7 +238,7 @@ class OnlineConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig:
     model: str | None = None  # policy to serve; None = model.path
     db: str = "runs/feedback.db"  # SQLAlchemy URL or a SQLite file path (WAL)
@@ -259,7 +260,7 @@ class ServeConfig:
     cpu_threads: int = 0  # torch threads on CPU; 0 = torch's default
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardModelConfig:
     """The reward ``model`` (reasoner/rewards/reward_model.py): one or several RMs trained by `reasoner rm train`."""
 
@@ -271,7 +272,7 @@ class RewardModelConfig:
     batch_size: int = 64  # texts per RM forward
 
 
-@dataclass
+@dataclass(frozen=True)
 class RMConfig:
     """`reasoner rm train`: a Bradley–Terry reward model on preference pairs."""
 
@@ -308,7 +309,7 @@ class RMConfig:
     weight_field: str = "weight"  # optional per-pair loss weight (e.g. recency)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RLHFConfig:
     """`reasoner rlhf` / `make train-rlhf`: the offline end-to-end demo on the preference task."""
 
@@ -325,7 +326,7 @@ class RLHFConfig:
     output_dir: str = "runs/rlhf"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -364,7 +365,42 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
         _apply(cfg, nested, prefix="", source="command line")
+    return validate(cfg)
+
+
+def validate(cfg: Config) -> Config:
+    """Checks that span several keys, run once the config is loaded; each message says what to change."""
+    if not 0 <= cfg.algo.overlong_buffer <= cfg.rollout.max_new_tokens:
+        raise ConfigError(f"algo.overlong_buffer must be in 0..rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
+                          f"(0 = off), got {cfg.algo.overlong_buffer}")  # fmt: skip
+    if cfg.algo.refill_rounds < 0:
+        raise ConfigError(f"algo.refill_rounds must be >= 0 (0 = no refill), got {cfg.algo.refill_rounds}")
+    attn = cfg.model.attn_implementation or ""
+    if attn.startswith("flash") and (cfg.train.shared_prefix or cfg.train.pack):
+        raise ConfigError(f"train.shared_prefix and train.pack need an attention that takes a 4D mask, not "
+                          f"model.attn_implementation={attn}: use sdpa or eager, or set both to false")  # fmt: skip
+    if cfg.sft.eval_every < 0 or (cfg.sft.eval_every and cfg.sft.eval_size < 1):
+        raise ConfigError(
+            f"sft.eval_every must be >= 0 (0 = no held-out loss) and sft.eval_size >= 1 when it is on; got "
+            f"sft.eval_every={cfg.sft.eval_every}, sft.eval_size={cfg.sft.eval_size}"
+        )
     return cfg
+
+
+def with_values(cfg: Config, changes: dict[str, Any]) -> Config:
+    """A copy of the (frozen) ``cfg`` with ``changes`` applied, checked like command-line overrides.
+
+    >>> cfg = with_values(Config(), {"train.steps": 3, "algo.beta": 0})
+    >>> cfg.train.steps, cfg.algo.beta, Config().train.steps != 3
+    (3, 0.0, True)
+    """
+    new = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _apply(new, nested, prefix="", source="with_values")
+    return validate(new)
 
 
 def _parse_override(cfg: Config, key: str, raw: str) -> Any:
@@ -408,7 +444,7 @@ def _apply(obj: Any, data: dict, prefix: str, source: str) -> None:
                 )
             _apply(current, value, prefix=f"{full}.", source=source)
         else:
-            setattr(obj, key, _check(full, value, hints[key], source))
+            object.__setattr__(obj, key, _check(full, value, hints[key], source))  # frozen once loaded
 
 
 def _check(key: str, value: Any, hint: Any, source: str) -> Any:
@@ -439,6 +475,8 @@ def _check(key: str, value: Any, hint: Any, source: str) -> Any:
             raise ConfigError(f"{key!r} must be a list; got {value!r} ({source})")
         return [_check(f"{key}[{i}]", v, inner, source) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(hint):  # an item of a list of sections, e.g. task.rewards[0]
+        if isinstance(value, hint):  # already built (with_values from code)
+            return value
         if not isinstance(value, dict):
             names = ", ".join(f.name for f in dataclasses.fields(hint))
             raise ConfigError(f"{key!r} must be a mapping with keys {names}; got {value!r} ({source})")

@@ -63,3 +63,27 @@ def test_shipped_configs_load():
     assert configs, "configs/ is empty"
     for path in configs:
         load_config(path)
+
+
+def test_the_config_is_frozen_and_with_values_returns_a_checked_copy():
+    import dataclasses
+
+    from reasoner.config import RewardTerm, with_values
+
+    cfg = load_config(None, ["train.steps=7"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 3
+    new = with_values(cfg, {"train.steps": 3, "task.rewards": [RewardTerm(name="model")], "algo.beta": 0})
+    assert (new.train.steps, cfg.train.steps) == (3, 7)
+    assert new.task.rewards[0].name == "model" and new.algo.beta == 0.0
+    with pytest.raises(ConfigError, match="'train.steps' must be int"):
+        with_values(cfg, {"train.steps": "many"})
+    with pytest.raises(ConfigError, match="unknown key 'train.stepz'"):
+        with_values(cfg, {"train.stepz": 1})
+
+
+def test_cross_field_checks_run_when_the_config_loads():
+    with pytest.raises(ConfigError, match="algo.overlong_buffer must be in 0..rollout.max_new_tokens=8"):
+        load_config(None, ["rollout.max_new_tokens=8", "algo.overlong_buffer=9"])
+    with pytest.raises(ConfigError, match="algo.refill_rounds must be >= 0"):
+        load_config(None, ["algo.refill_rounds=-1"])

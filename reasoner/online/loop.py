@@ -23,15 +23,15 @@ With ``online.simulate=true`` (the offline default, ``make online``) a populatio
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
-from reasoner.config import Config, ConfigError
+from reasoner.config import Config, ConfigError, with_values
 
 STAGES = ("collect", "rm", "rl", "gate", "deploy")
 
@@ -177,10 +177,9 @@ class OnlineLoop:
         from reasoner.tasks.preference import gold_score, make_prompt
 
         deployed = self.store.deployed()
-        sc = copy.deepcopy(self.cfg.serve)
-        sc.version = deployed["name"]
+        sc = replace(self.cfg.serve, version=deployed["name"])
         if self.oc.simulate:
-            sc.host, sc.port = "127.0.0.1", 0  # a free port on loopback
+            sc = replace(sc, host="127.0.0.1", port=0)  # a free port on loopback
         self.service = ServeService.from_config(sc, model_path=deployed["path"])
         self.server = run_in_thread(create_app(self.service), sc.host, sc.port)
         self.log(f"serving {deployed['name']} at {self.server.url}")
@@ -277,8 +276,7 @@ class OnlineLoop:
         shutil.rmtree(out_dir, ignore_errors=True)  # a killed attempt left a partial model: train it again
         _write_jsonl(rdir / "rm_train.jsonl", rows)
         _write_jsonl(rdir / "heldout.jsonl", heldout)
-        cfg = copy.deepcopy(self.cfg)
-        cfg.rm.output_dir, cfg.rm.resume = str(out_dir), False
+        cfg = with_values(self.cfg, {"rm.output_dir": str(out_dir), "rm.resume": False})
         result = train_reward_model(cfg, base, rows, heldout, str(out_dir), progress=self.progress)
         new_acc = result.get("accuracy")
         keep_old = old is not None and new_acc is not None and old_acc > new_acc
@@ -306,20 +304,18 @@ class OnlineLoop:
         rdir = self.run_dir / "rounds" / str(r)
         _write_jsonl(rdir / "rl_prompts.jsonl", [{"prompt": p} for p in prompts[: self.oc.rl_prompts]])
         _write_jsonl(rdir / "gate_prompts.jsonl", [{"prompt": p} for p in sorted(heldout)])
-        cfg = copy.deepcopy(self.cfg)
-        cfg.model.path = parent["path"]
-        cfg.model.reference = self.store.version("v0")["path"] if self.oc.kl_anchor == "original" else None
-        cfg.sft.steps = 0
-        cfg.task.name, cfg.task.train, cfg.task.test = (
-            "prompts",
-            str(rdir / "rl_prompts.jsonl"),
-            str(rdir / "gate_prompts.jsonl"),
-        )
-        cfg.task.train_size, cfg.task.eval_size, cfg.task.chat_template = None, min(8, len(heldout)), False
-        cfg.task.rewards = [RewardTerm(name="model", weight=1.0)]
-        cfg.reward_model.paths = [rm]
-        cfg.train.output_dir, cfg.train.resume, cfg.train.eval_every = str(rdir / "rl"), True, 0
-        cfg.train.seed = self.oc.seed * 1000 + r
+        cfg = with_values(self.cfg, {
+            "model.path": parent["path"],
+            "model.reference": self.store.version("v0")["path"] if self.oc.kl_anchor == "original" else None,
+            "sft.steps": 0,
+            "task.name": "prompts", "task.train": str(rdir / "rl_prompts.jsonl"),
+            "task.test": str(rdir / "gate_prompts.jsonl"),
+            "task.train_size": None, "task.eval_size": min(8, len(heldout)), "task.chat_template": False,
+            "task.rewards": [RewardTerm(name="model", weight=1.0)],
+            "reward_model.paths": [rm],
+            "train.output_dir": str(rdir / "rl"), "train.resume": True, "train.eval_every": 0,
+            "train.seed": self.oc.seed * 1000 + r,
+        })  # fmt: skip
         result = train(cfg, progress=self.progress)
         return {"parent": parent["name"], "candidate": str(rdir / "rl" / "final"), "rm": rm, "result": result,
                 "prompts": min(len(prompts), self.oc.rl_prompts), "kl_anchor": self.oc.kl_anchor}  # fmt: skip

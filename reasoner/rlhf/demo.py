@@ -15,7 +15,6 @@ Ends with one JSON result: ``gold_before``, ``gold_after``, ``rm_accuracy``, ``w
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from reasoner.config import Config, RewardTerm
+from reasoner.config import Config, RewardTerm, with_values
 from reasoner.train.checkpoint import write_json_atomic
 
 
@@ -56,8 +55,7 @@ def train_reward_models(
 
     results = []
     for k in range(cfg.rlhf.ensemble):
-        member = copy.deepcopy(cfg)
-        member.train.seed = cfg.train.seed + k  # a different score-head init and pair order per member
+        member = with_values(cfg, {"train.seed": cfg.train.seed + k})  # another head init and pair order
         done = out / f"rm-{k}" / "result.json"
         if done.is_file() and Path(json.loads(done.read_text())["model"]).is_dir():
             results.append(json.loads(done.read_text()))  # resumable: a finished member is kept
@@ -165,11 +163,12 @@ def run_rlhf(cfg: Config, progress: bool = True) -> dict:
     rms = train_reward_models(cfg, init, train_path, eval_path, out, progress)
     t_rm = time.time()
 
-    rl = copy.deepcopy(cfg)
-    rl.task.rewards = [RewardTerm(name="model", weight=1.0)]
-    rl.reward_model.paths = [r["model"] for r in rms]
-    rl.train.output_dir = str(out / "grpo")
-    rl.model.path, rl.sft.steps = init, 0  # already warm-started; the reference model is the warm start
+    rl = with_values(cfg, {
+        "task.rewards": [RewardTerm(name="model", weight=1.0)],
+        "reward_model.paths": [r["model"] for r in rms],
+        "train.output_dir": str(out / "grpo"),
+        "model.path": init, "sft.steps": 0,  # already warm-started; the reference model is the warm start
+    })  # fmt: skip
     result = train(rl, progress=progress)
     on_policy = measure_on_policy(cfg, {"before": init, "after": str(Path(rl.train.output_dir) / "final")},
                                   rl.reward_model.paths)  # fmt: skip

@@ -34,12 +34,11 @@ import torch
 from tqdm import tqdm
 
 from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy, response_lm_loss
-from reasoner.config import Config, RMConfig, to_dict
+from reasoner.config import Config, RMConfig
 from reasoner.data import DataError, load_records
-from reasoner.models import default_device, set_cpu_threads
+from reasoner.models import default_device
 from reasoner.rewards.reward_model import STATS_FILE, encode_texts, load_rm, score_texts
 from reasoner.train.checkpoint import (
-    latest_checkpoint,
     load_trainer_state,
     save_checkpoint,
     write_json_atomic,
@@ -269,18 +268,14 @@ def train_reward_model(
 ) -> dict:
     """Train a Bradley–Terry RM on ``data`` from ``model_path`` (a causal LM, or an RM directory = warm start);
     save it under ``out_dir/final`` with its tokenizer and reward stats; return the result dict."""
+    from reasoner.train.run import start_run
     from reasoner.train.stop import GracefulStop, Interrupted
     from reasoner.train.stream import batch_for_step
 
     t_start, rc = time.time(), cfg.rm
     run = Path(out_dir or rc.output_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    set_cpu_threads(cfg.train.cpu_threads)
-    device = default_device()
-    ckpt = latest_checkpoint(run) if rc.resume else None
+    started = start_run(cfg, run, resume=rc.resume)
+    device, ckpt = started.device, started.checkpoint
     lora = enabled(cfg.model.lora)  # LoRA: a frozen base with adapters; the score head trains in full
     if ckpt:
         check_resume(cfg.model.lora, ckpt / "policy")

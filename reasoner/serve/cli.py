@@ -49,12 +49,12 @@ def _overrides(args, flags: dict[str, str]) -> list[str]:
 
 
 def run_serve(args) -> int:
-    from reasoner.config import load_config
+    from reasoner.config import load_config, with_values
     from reasoner.serve.server import serve
 
     cfg = load_config(args.config, _overrides(args, SERVE_FLAGS))
     if cfg.serve.model is None:
-        cfg.serve.model = cfg.model.path
+        cfg = with_values(cfg, {"serve.model": cfg.model.path})
     try:
         serve(cfg.serve)
     except (FileNotFoundError, OSError) as e:

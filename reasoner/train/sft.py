@@ -24,12 +24,13 @@ import torch
 from tqdm import tqdm
 
 from reasoner.config import Config, ConfigError
-from reasoner.models import default_device, load_policy, load_tokenizer, set_cpu_threads
+from reasoner.models import load_policy, load_tokenizer
 from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
 from reasoner.train.checkpoint import cache_lock
 from reasoner.train.metrics import MetricsLogger
 from reasoner.train.optim import make_optimizer, make_scheduler
+from reasoner.train.run import start_run
 
 
 def encode_pairs(tokenizer, examples: list[Example]) -> list[tuple[list[int], int]]:
@@ -69,11 +70,6 @@ def run_sft(cfg: Config, model_path: str, out_dir: str | Path, progress: bool = 
             "SFT trains on reference completions: name the field of your data that holds them "
             "(task.solution=FIELD)"
         )
-    if cfg.sft.eval_every < 0 or (cfg.sft.eval_every and cfg.sft.eval_size < 1):
-        raise ConfigError(
-            f"sft.eval_every must be >= 0 (0 = no held-out loss) and sft.eval_size >= 1 when it is on; got "
-            f"sft.eval_every={cfg.sft.eval_every}, sft.eval_size={cfg.sft.eval_size}"
-        )
     examples = load_examples(cfg.task, "train", cfg.train.seed)
     key = _cache_key(cfg, model_path, examples)
     with cache_lock(out, "the SFT warm start"):
@@ -88,10 +84,8 @@ def _train(
     cfg: Config, model_path: str, examples: list[Example], key: str, out: Path, progress: bool
 ) -> Path:
     sc = cfg.sft
-    torch.manual_seed(cfg.train.seed)
+    device = start_run(cfg, None).device  # no run directory: the cache is written beside and renamed
     rng = random.Random(cfg.train.seed)
-    device = default_device()
-    set_cpu_threads(cfg.train.cpu_threads)
     tokenizer = load_tokenizer(model_path)
     model = load_policy(model_path, dtype="float32", device=device)
     model.train()

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import gc
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -44,21 +43,18 @@ import torch
 from tqdm import tqdm
 
 from reasoner.algo import POLICY_LOSSES, overlong_penalty, varying_groups
-from reasoner.config import Config, ConfigError, to_dict
+from reasoner.config import Config, ConfigError
 from reasoner.evaluate import SCORE_METRIC, evaluate_model
 from reasoner.models import (
-    default_device,
     load_policy,
     load_tokenizer,
     load_trainable_policy,
-    set_cpu_threads,
 )
 from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
 from reasoner.rollout import Rollout, SamplingParams, make_engine
 from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
 from reasoner.train.checkpoint import (
-    latest_checkpoint,
     load_extra,
     load_trainer_state,
     save_checkpoint,
@@ -78,9 +74,10 @@ from reasoner.train.estimators import make_estimator
 from reasoner.train.lora import ADAPTER_DIR, AdaptersOff, check_lora, enabled, is_lora, save_merged
 from reasoner.train.metrics import MetricsLogger, plot_metrics
 from reasoner.train.optim import make_optimizer, make_scheduler
+from reasoner.train.run import start_run
 from reasoner.train.stop import GracefulStop, Interrupted
 from reasoner.train.stream import prompt_renderer, stream_slice
-from reasoner.train.update import update
+from reasoner.train.update import Learner, Scored, update
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
@@ -142,19 +139,24 @@ class Run:
     history: dict = field(default_factory=dict)  # in every checkpoint: evals, stream cursor, samples
     t_start: float = 0.0
 
+    @property
+    def learner(self) -> Learner:
+        """What the update needs of this run."""
+        return Learner(
+            cfg=self.cfg, model=self.model, reference=self.reference, estimator=self.estimator,
+            optimizer=self.optimizer, pad_id=self.tokenizer.pad_token_id, device=self.device, world=self.world,
+        )  # fmt: skip
+
 
 @dataclass
-class Collected:
-    """One step's scored groups, prompt-major: ``rollouts[i * G:(i + 1) * G]`` answer ``examples[i]``."""
+class Collected(Scored):
+    """One step's scored groups (``Scored``) and what collecting them cost."""
 
-    rollouts: list[Rollout]
-    rewards: torch.Tensor  # [N] 0 where unscored
-    scored: torch.Tensor  # [N] bool
-    metrics: dict
-    generated: int  # samples generated this step, refill rounds included
-    tokens: int  # completion tokens generated this step
-    t_generate: float
-    t_score: float
+    metrics: dict = field(default_factory=dict)
+    generated: int = 0  # samples generated this step, refill rounds included
+    tokens: int = 0  # completion tokens generated this step
+    t_generate: float = 0.0
+    t_score: float = 0.0
 
 
 def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
@@ -166,13 +168,9 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         not world.enabled
     )  # under DDP a rank must not leave a collective alone: step boundaries only
     run_dir = Path(cfg.train.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if world.is_main:
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    device = world.device if world.enabled else default_device()
-    set_cpu_threads(cfg.train.cpu_threads)
+    started = start_run(cfg, run_dir, resume=cfg.train.resume, write_config=world.is_main,
+                        device=world.device if world.enabled else None)  # fmt: skip
+    device = started.device
     _check_algo(cfg)  # before anything slow runs
 
     model_path = cfg.model.path
@@ -191,7 +189,7 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
             with stop.immediate():  # SFT writes its result atomically: stopping midway leaves no trace
                 model_path = str(run_sft(cfg, model_path, Path(cfg.sft.output_dir), progress=progress))
         model_path = broadcast_object(model_path, world)
-    ckpt = latest_checkpoint(run_dir) if cfg.train.resume else None
+    ckpt = started.checkpoint
     tokenizer = load_tokenizer(cfg.model.tokenizer or model_path)
     policy = load_trainable_policy(cfg, model_path, device, str(ckpt / "policy") if ckpt else None)
     lora = enabled(cfg.model.lora)
@@ -233,9 +231,13 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
         log = MetricsLogger(run_dir, cfg.train.tensorboard, resume_step=start_step if ckpt else None)
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc=cfg.algo.name, dynamic_ncols=True,
                disable=not (progress and world.is_main))  # fmt: skip
-    return Run(cfg, world, run_dir, device, tokenizer, policy, model, reference, estimator, task, train_set,
-               eval_shard, len(eval_set), reward_fn, eval_reward, format_fn, render, engine, optimizer, scheduler,
-               log, bar, start_step, start_step if ckpt else None, history, t_start)  # fmt: skip
+    return Run(
+        cfg=cfg, world=world, dir=run_dir, device=device, tokenizer=tokenizer, policy=policy, model=model,
+        reference=reference, estimator=estimator, task=task, train_set=train_set, eval_shard=eval_shard,
+        eval_size=len(eval_set), reward_fn=reward_fn, eval_reward=eval_reward, format_fn=format_fn, render=render,
+        engine=engine, optimizer=optimizer, scheduler=scheduler, log=log, bar=bar, start_step=start_step,
+        saved_step=start_step if ckpt else None, history=history, t_start=t_start,
+    )  # fmt: skip
 
 
 def collect(run: Run, step: int) -> Collected:
@@ -273,10 +275,10 @@ def collect(run: Run, step: int) -> Collected:
     metrics = rounds[0].metrics | {"dynamic/rounds": len(rounds), "dynamic/samples": sum(r.generated for r in rounds),
                                    "dynamic/varying_groups": min(len(varying), want) / want}  # fmt: skip
     return Collected(
-        [replace(x, prompt_index=i // n) for i, x in enumerate(rollouts)],
-        torch.cat([r.rewards[sl] for r, sl in chosen]), torch.cat([r.scored[sl] for r, sl in chosen]), metrics,
-        sum(r.generated for r in rounds), sum(r.tokens for r in rounds),
-        sum(r.t_generate for r in rounds), sum(r.t_score for r in rounds),
+        rollouts=[replace(x, prompt_index=i // n) for i, x in enumerate(rollouts)],
+        rewards=torch.cat([r.rewards[sl] for r, sl in chosen]), scored=torch.cat([r.scored[sl] for r, sl in chosen]),
+        metrics=metrics, generated=sum(r.generated for r in rounds), tokens=sum(r.tokens for r in rounds),
+        t_generate=sum(r.t_generate for r in rounds), t_score=sum(r.t_score for r in rounds),
     )  # fmt: skip
 
 
@@ -291,8 +293,9 @@ def rollout_and_score(run: Run, examples: list[Example], step: int, round_: int 
     rewards = shape_rewards(run.cfg, rewards, rollouts)
     tokens = sum(len(r.completion_ids) for r in rollouts)
     return Collected(
-        rollouts, rewards, scored, reward_metrics, len(rollouts), tokens, t1 - t0, time.time() - t1
-    )
+        rollouts=rollouts, rewards=rewards, scored=scored, metrics=reward_metrics, generated=len(rollouts),
+        tokens=tokens, t_generate=t1 - t0, t_score=time.time() - t1,
+    )  # fmt: skip
 
 
 # Rounds after the first draw their own seeds; the first keeps the seed a run without refill uses.
@@ -323,8 +326,7 @@ def shape_rewards(cfg: Config, rewards: torch.Tensor, rollouts: list[Rollout]) -
 def optimize(run: Run, batch: Collected) -> dict:
     t0 = time.time()
     frozen = run.estimator.policy_frozen  # PPO's critic warm-up: the policy's schedule waits too
-    metrics = update(run.cfg, run.model, run.reference, run.estimator, run.optimizer, batch.rollouts, batch.rewards,
-                     batch.scored, run.tokenizer.pad_token_id, run.device, run.world)  # fmt: skip
+    metrics = update(run.learner, batch)
     if not frozen:
         run.scheduler.step()
     run.engine.sync_weights(run.policy)
@@ -437,16 +439,7 @@ def _check_algo(cfg: Config) -> None:
         POLICY_LOSSES.get(cfg.algo.loss)
     except KeyError as e:
         raise ConfigError(f"algo.loss: {e.args[0]}") from None
-    if not 0 <= cfg.algo.overlong_buffer <= cfg.rollout.max_new_tokens:
-        raise ConfigError(f"algo.overlong_buffer must be in 0..rollout.max_new_tokens={cfg.rollout.max_new_tokens} "
-                          f"(0 = off), got {cfg.algo.overlong_buffer}")  # fmt: skip
     check_lora(cfg.model.lora)
-    if cfg.algo.refill_rounds < 0:
-        raise ConfigError(f"algo.refill_rounds must be >= 0 (0 = no refill), got {cfg.algo.refill_rounds}")
-    attn = cfg.model.attn_implementation or ""
-    if attn.startswith("flash") and (cfg.train.shared_prefix or cfg.train.pack):
-        raise ConfigError(f"train.shared_prefix and train.pack need an attention that takes a 4D mask, not "
-                          f"model.attn_implementation={attn}: use sdpa or eager, or set both to false")  # fmt: skip
 
 
 def _any_rank(flag: bool, world) -> bool:

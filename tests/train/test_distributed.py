@@ -41,7 +41,7 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
     from reasoner.rollout.hf import HFEngine
     from reasoner.train.estimators import make_estimator
     from reasoner.train.optim import make_optimizer
-    from reasoner.train.update import update
+    from reasoner.train.update import Learner, Scored, update
 
     info = init_from_env(backend="gloo", timeout_s=60)
     try:
@@ -67,7 +67,16 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
         estimator = make_estimator(cfg, policy, model_dir, cpu)
         optimizer = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
         metrics = update(
-            cfg, model, None, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id, cpu
+            Learner(
+                cfg=cfg,
+                model=model,
+                reference=None,
+                estimator=estimator,
+                optimizer=optimizer,
+                pad_id=tokenizer.pad_token_id,
+                device=cpu,
+            ),
+            Scored(rollouts=rollouts, rewards=rewards, scored=scored),
         )
         local = {"reward": rewards.mean().item(), "grad_norm": metrics["grad_norm"]}
 
@@ -80,16 +89,16 @@ def _rank_main(rank: int, world: int, port: int, model_dir: str, out_dir: str) -
             sharded.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas
         )
         update(
-            cfg,
-            sharded,
-            None,
-            estimator,
-            fsdp_optimizer,
-            rollouts,
-            rewards,
-            scored,
-            tokenizer.pad_token_id,
-            cpu,
+            Learner(
+                cfg=cfg,
+                model=sharded,
+                reference=None,
+                estimator=estimator,
+                optimizer=fsdp_optimizer,
+                pad_id=tokenizer.pad_token_id,
+                device=cpu,
+            ),
+            Scored(rollouts=rollouts, rewards=rewards, scored=scored),
         )
         fsdp_final = dict(named_weights(sharded))
         torch.save(
@@ -196,7 +205,7 @@ def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False, algo
     from reasoner.rollout.weights import named_weights
     from reasoner.train.estimators import make_estimator
     from reasoner.train.optim import make_optimizer
-    from reasoner.train.update import update
+    from reasoner.train.update import Learner, Scored, update
 
     cpu = torch.device("cpu")
     cfg = load_config(None, PPO_ARGS + [f"algo.name={algo}"])
@@ -207,8 +216,10 @@ def _ppo_steps(info, model_dir: str, rollouts, rewards, fsdp: bool = False, algo
     estimator = make_estimator(cfg, model if fsdp else policy, model_dir, cpu, info)
     optimizer = make_optimizer(model.parameters(), cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.betas)
     scored = torch.ones(len(rollouts), dtype=torch.bool)
-    metrics = [update(cfg, model, reference, estimator, optimizer, rollouts, rewards, scored, tokenizer.pad_token_id,
-                      cpu, info) for _ in range(PPO_STEPS)]  # fmt: skip
+    learner = Learner(cfg=cfg, model=model, reference=reference, estimator=estimator, optimizer=optimizer,
+                      pad_id=tokenizer.pad_token_id, device=cpu, world=info)  # fmt: skip
+    batch = Scored(rollouts=rollouts, rewards=rewards, scored=scored)
+    metrics = [update(learner, batch) for _ in range(PPO_STEPS)]
     out = {"policy": {n: t.clone() for n, t in named_weights(model)}, "metrics": metrics}
     if algo == "ppo":
         out |= {"critic": {n: t.clone() for n, t in named_weights(estimator.critic)}, "step": estimator.step,

@@ -176,6 +176,7 @@ def test_update_lowers_the_value_loss_on_a_fixed_batch(setup):
 
 
 def test_warmup_freezes_the_policy_while_the_critic_learns(setup):
+    from reasoner.train.update import Learner, Scored
     from reasoner.train.update import update as trainer_update
 
     policy, batch, path = setup
@@ -193,16 +194,16 @@ def test_warmup_freezes_the_policy_while_the_critic_learns(setup):
         for step in range(3):
             critic_before = est.critic.head.weight.clone()
             metrics = trainer_update(
-                cfg,
-                policy,
-                None,
-                est,
-                optimizer,
-                rollouts,
-                rewards,
-                scored,
-                tok.pad_token_id,
-                torch.device("cpu"),
+                Learner(
+                    cfg=cfg,
+                    model=policy,
+                    reference=None,
+                    estimator=est,
+                    optimizer=optimizer,
+                    pad_id=tok.pad_token_id,
+                    device=torch.device("cpu"),
+                ),
+                Scored(rollouts=rollouts, rewards=rewards, scored=scored),
             )
             assert not torch.equal(critic_before, est.critic.head.weight)  # the critic always learns
             frozen = all(torch.equal(policy_before[k], v) for k, v in policy.state_dict().items())

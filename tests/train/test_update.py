@@ -11,7 +11,7 @@ from reasoner.config import load_config
 from reasoner.models import load_policy, load_tokenizer
 from reasoner.rollout import Rollout
 from reasoner.train.estimators import make_estimator
-from reasoner.train.update import update
+from reasoner.train.update import Learner, Scored, update
 
 CPU = torch.device("cpu")
 
@@ -62,8 +62,22 @@ def _grads(tiny, overrides, completions, rewards, lr=0.0, logprobs=None):
         r.logprobs = lp
     optimizer = Recorder(policy.parameters(), lr=lr)
     estimator = make_estimator(cfg, policy, str(model_dir), CPU)
-    metrics = update(cfg, policy, reference, estimator, optimizer, rollouts, torch.tensor(rewards),
-                     torch.ones(len(rewards), dtype=torch.bool), tokenizer.pad_token_id, CPU)  # fmt: skip
+    metrics = update(
+        Learner(
+            cfg=cfg,
+            model=policy,
+            reference=reference,
+            estimator=estimator,
+            optimizer=optimizer,
+            pad_id=tokenizer.pad_token_id,
+            device=CPU,
+        ),
+        Scored(
+            rollouts=rollouts,
+            rewards=torch.tensor(rewards),
+            scored=torch.ones(len(rewards), dtype=torch.bool),
+        ),
+    )
     return optimizer.grads, metrics
 
 
