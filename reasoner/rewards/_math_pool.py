@@ -19,7 +19,6 @@ shut down at interpreter exit.
 from __future__ import annotations
 
 import atexit
-import enum
 import json
 import logging
 import multiprocessing
@@ -33,32 +32,22 @@ from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 
+from reasoner.rewards._math_types import CheckerError, CheckTimeout, Verdict
+
+# What the parent runs (``-I``: no PYTHON* variables, no user site; the parent's sys.path comes as argv[1],
+# so the worker imports exactly the modules its parent would, wherever they come from).
+WORKER_BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # Ctrl-C is the parent's, even at start-up
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from reasoner.rewards._math_worker import main; main(int(sys.argv[2]))"
+)
+
 log = logging.getLogger(__name__)
 
 INNER_FRACTION = 0.8  # the worker's own timer fires at this share of the budget; the kill comes at 100%
 # Importing sympy and warming up on a loaded machine can be slow; a worker that never starts is a bug.
 STARTUP_TIMEOUT_S = 120.0
 MEMORY_HEADROOM_MB = 4096  # address space a worker may add to what it has after start-up
-
-
-class Verdict(enum.Enum):
-    EQUAL = "equal"
-    DIFFERENT = "different"
-    NO_ANSWER = "no_answer"  # nothing to extract from the completion
-    TIMEOUT = "timeout"  # the check ran past its budget (the worker timed out or was killed)
-    FAILED = "failed"  # the worker died or ran out of memory/recursion on this input
-
-
-class CheckTimeout(BaseException):
-    """A check ran past its time budget (raised inside a worker by ``_math_sympy.deadline``).
-
-    A ``BaseException``, like math-verify's ``TimeoutException``, so that the ``except Exception`` blocks
-    inside math-verify and sympy cannot swallow it. Callers see ``Verdict.TIMEOUT`` and a score of 0.
-    """
-
-
-class CheckerError(RuntimeError):
-    """A bug in the checker itself: a worker raised something other than a bad-input failure."""
 
 
 # --- worker side ---------------------------------------------------------------------------------------
@@ -154,8 +143,6 @@ class _Worker:
 
 def _start_worker(memory_headroom_mb: int | None) -> _Worker:
     """Start one worker interpreter; it is ready when it sends ``("ready", pid)`` (see ``_start_one``)."""
-    from reasoner.rewards._math_worker import BOOT
-
     if not sys.executable:
         raise RuntimeError("sys.executable is empty: no Python interpreter to run math checker workers with")
     ours, theirs = socket.socketpair()
@@ -165,7 +152,7 @@ def _start_worker(memory_headroom_mb: int | None) -> _Worker:
                 sys.executable,
                 "-I",
                 "-c",
-                BOOT,
+                WORKER_BOOT,
                 json.dumps(sys.path),
                 str(theirs.fileno()),
                 "none" if memory_headroom_mb is None else str(memory_headroom_mb),

@@ -35,7 +35,7 @@ from math_verify.grader import should_treat_as_complex
 from sympy.core.function import AppliedUndef
 from sympy.logic.boolalg import Boolean, BooleanAtom
 
-from reasoner.rewards._math_pool import CheckTimeout
+from reasoner.rewards._math_types import CheckTimeout
 
 REL_TOL_INEXACT = sympy.Rational(5, 10**6)  # same policy as _math_text.numbers_equal
 REL_TOL_EXACT = sympy.Rational(1, 10**30)

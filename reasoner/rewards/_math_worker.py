@@ -1,4 +1,4 @@
-"""A math checker worker as its own interpreter: ``python -c <_BOOT> SYS_PATH_JSON FD``, started by ``_math_pool``.
+"""A math checker worker as its own interpreter: ``python -c <_BOOT> SYS_PATH_JSON FD``, started by ``_math_pool`` (its ``WORKER_BOOT``).
 
 The worker is a fresh interpreter, not a child of multiprocessing, so it never imports the caller's main
 module: the checker works the same from a script, ``python -c``, a script read from stdin or a notebook, with
@@ -9,14 +9,6 @@ no ``if __name__ == "__main__"`` guard. It talks to its parent over the socket `
 from __future__ import annotations
 
 import sys
-
-# What the parent runs (``-I``: no PYTHON* variables, no user site; the parent's sys.path comes as argv[1],
-# so the worker imports exactly the modules its parent would, wherever they come from).
-BOOT = (
-    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "  # Ctrl-C is the parent's, even at start-up
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from reasoner.rewards._math_worker import main; main(int(sys.argv[2]))"
-)
 
 
 def main(fd: int) -> None:

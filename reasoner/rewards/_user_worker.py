@@ -1,5 +1,5 @@
 """A user reward worker as its own interpreter: ``python -I -c <BOOT> SYS_PATH_JSON SPEC FD``, started by
-``reasoner.rewards.user``.
+``reasoner.rewards.user`` (its ``WORKER_BOOT``).
 
 A fresh interpreter rather than a multiprocessing child, so it never imports the caller's main module: a user
 reward runs in workers the same from ``reasoner train``, a script without an ``if __name__ == "__main__"``
@@ -9,14 +9,6 @@ guard, ``python -c`` or a notebook. It loads the function from its spec, says ``
 """
 
 from __future__ import annotations
-
-# Ctrl-C is the trainer's to handle (it finishes the step), even while the worker starts; the parent's
-# sys.path comes as argv[1], so the worker imports exactly what its parent would.
-BOOT = (
-    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from reasoner.rewards._user_worker import main; main(sys.argv[2], int(sys.argv[3]))"
-)
 
 
 def main(spec: str, fd: int) -> None:

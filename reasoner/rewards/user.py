@@ -223,6 +223,13 @@ def _checked(
     return scores
 
 
+# Ctrl-C is the trainer's to handle (it finishes the step), even while the worker starts; the parent's
+# sys.path comes as argv[1], so the worker imports exactly what its parent would.
+WORKER_BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from reasoner.rewards._user_worker import main; main(sys.argv[2], int(sys.argv[3]))"
+)
 STARTUP_TIMEOUT_S = 120.0  # a worker imports the user's module; on a loaded machine that can take a while
 
 
@@ -230,8 +237,6 @@ class _Workers:
     """``size`` worker interpreters (``_user_worker``), each scoring one chunk of a batch at a time."""
 
     def __init__(self, spec: str, size: int):
-        from reasoner.rewards._user_worker import BOOT
-
         self.spec = spec
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
@@ -240,7 +245,7 @@ class _Workers:
                 ours, theirs = socket.socketpair()
                 with theirs:
                     self.procs.append(subprocess.Popen(
-                        [sys.executable, "-I", "-c", BOOT, json.dumps(sys.path), spec, str(theirs.fileno())],
+                        [sys.executable, "-I", "-c", WORKER_BOOT, json.dumps(sys.path), spec, str(theirs.fileno())],
                         pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
                     ))  # fmt: skip
                 self.conns.append(Connection(ours.detach()))
