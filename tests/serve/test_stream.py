@@ -228,7 +228,8 @@ def test_the_engine_reports_each_step_of_every_row(tiny_model_dir, temperature):
     engine = HFEngine(load_policy(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)), batch_size=4)
     seen: dict[int, list[int]] = {}
 
-    def on_tokens(rows, ids):
+    def on_tokens(rows, ids, lps):
+        assert lps is None  # none asked for
         for row, token in zip(rows, ids, strict=True):
             seen.setdefault(row, []).append(token)
 
