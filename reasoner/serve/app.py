@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from reasoner.serve import bodies
+from reasoner.serve.logprobs import chat_logprobs, text_logprobs
 from reasoner.serve.service import ServeService, ServiceError, now
 from reasoner.serve.store import new_completion_id
 
@@ -82,10 +85,18 @@ def list_models(svc: Service):
     )
 
 
+def _refuse_unsupported(req, kind: str) -> None:
+    """What the server does not do answers 400 naming the parameter, as OpenAI does: never silently ignored."""
+    refused = bodies.refusal(req, kind)
+    if refused is not None:
+        raise ServiceError(400, refused[1], refused[0])
+
+
 @openai_router.post("/chat/completions", response_model=bodies.ChatResponse)
 async def chat_completions(req: bodies.ChatRequest, svc: Service):
+    _refuse_unsupported(req, "chat")
     svc.check_model(req.model)
-    messages = [m.model_dump() for m in req.messages]
+    messages = [{"role": m.role, "content": m.content} for m in req.messages]
     prompt = svc.render_chat(messages)
     params = svc.sampling(req)
     if req.stream:
@@ -94,14 +105,17 @@ async def chat_completions(req: bodies.ChatRequest, svc: Service):
     gen = await svc.generate([prompt], params, req.stop, "messages")
     choices = gen.choices[0]
     cid = await svc.record("chat", prompt, gen.version, choices, req, messages)
-    usage = _usage(gen.prompt_tokens[0], choices)
+    usage = _usage(gen.prompt_tokens, [choices])
     return bodies.ChatResponse(
         id=cid,
         created=now(),
         model=gen.version,
         choices=[
             bodies.ChatChoice(
-                index=i, message=bodies.ChatMessageOut(content=c.text), finish_reason=c.finish_reason
+                index=i,
+                message=bodies.ChatMessageOut(content=c.text),
+                finish_reason=c.finish_reason,
+                logprobs=None if c.entries is None else chat_logprobs(c.entries),
             )
             for i, c in enumerate(choices)
         ],
@@ -111,34 +125,47 @@ async def chat_completions(req: bodies.ChatRequest, svc: Service):
 
 @openai_router.post("/completions", response_model=bodies.CompletionResponse)
 async def completions(req: bodies.CompletionRequest, svc: Service):
+    _refuse_unsupported(req, "text")
     svc.check_model(req.model)
-    if isinstance(req.prompt, list) and len(req.prompt) != 1:
-        # a completion id names one prompt (feedback compares answers to one prompt): one prompt per request
-        raise ServiceError(422, "prompt: send one prompt per request (a string or a list of one)", "prompt")
-    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    params = svc.sampling(req)
+    prompts = req.prompt
+    params = svc.sampling(req, len(prompts))
     if req.stream:
-        return _event_stream(svc, await svc.stream(prompt, params, req.stop, "prompt"), "text", prompt, req)
-    gen = await svc.generate([prompt], params, req.stop, "prompt")
-    flat = gen.choices[0]
-    cid = await svc.record("text", prompt, gen.version, flat, req)
-    usage = _usage(gen.prompt_tokens[0], flat)
+        if len(prompts) > 1:
+            raise ServiceError(
+                400, "prompt: a streamed completion takes one prompt (send a list without stream)", "prompt"
+            )
+        return _event_stream(
+            svc, await svc.stream(prompts[0], params, req.stop, "prompt"), "text", prompts[0], req
+        )
+    gen = await svc.generate(prompts, params, req.stop, "prompt")
+    # Each prompt's answers are stored as a completion of their own (feedback compares answers to one prompt):
+    # the response's id for one prompt, f"{id}-{i}" for prompt i of several (a REF names choice index % n).
+    cid = new_completion_id("text")
+    ids = [cid] if len(prompts) == 1 else [f"{cid}-{i}" for i in range(len(prompts))]
+    await asyncio.gather(*(svc.record("text", p, gen.version, c, req, completion_id=i)
+                           for p, c, i in zip(prompts, gen.choices, ids, strict=True)))  # fmt: skip
     return bodies.CompletionResponse(
         id=cid,
         created=now(),
         model=gen.version,
         choices=[
-            bodies.TextChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(flat)
+            bodies.TextChoice(
+                index=j * req.n + i,
+                text=c.text,
+                finish_reason=c.finish_reason,
+                logprobs=None if c.entries is None else text_logprobs(c.entries),
+            )
+            for j, flat in enumerate(gen.choices)
+            for i, c in enumerate(flat)
         ],
-        usage=usage,
+        usage=_usage(gen.prompt_tokens, gen.choices),
     )
 
 
-def _usage(prompt_tokens: int, choices) -> bodies.Usage:
-    completion = sum(c.completion_tokens for c in choices)
-    return bodies.Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
-    )
+def _usage(prompt_tokens: list[int], choices: list[list]) -> bodies.Usage:
+    """A request's usage from each prompt's token count and each prompt's choices."""
+    prompt, completion = sum(prompt_tokens), sum(c.completion_tokens for cs in choices for c in cs)
+    return bodies.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _sse(data: dict) -> str:
@@ -152,14 +179,23 @@ def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messag
     """
     chat = kind == "chat"
     cid = new_completion_id(kind)
+    offsets = [0] * req.n  # characters sent per choice: the legacy log-probs' text_offset
 
-    def chunk(base: dict, index: int, text: str | None, finish: str | None = None, role: bool = False) -> str:
+    def chunk(base: dict, index: int, text: str | None, finish: str | None = None, role: bool = False,
+              entries=None) -> str:  # fmt: skip
         if chat:
             delta = (
                 {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             )
-            return _sse({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
-        return _sse({**base, "choices": [{"index": index, "text": text or "", "finish_reason": finish}]})
+            choice = {"index": index, "delta": delta, "finish_reason": finish}
+            if entries is not None:
+                choice["logprobs"] = chat_logprobs(entries)
+            return _sse({**base, "choices": [choice]})
+        choice = {"index": index, "text": text or "", "finish_reason": finish}
+        if entries is not None:
+            choice["logprobs"] = text_logprobs(entries, offsets[index])
+        offsets[index] += len(text or "")
+        return _sse({**base, "choices": [choice]})
 
     async def events():
         done: dict = {}
@@ -173,13 +209,16 @@ def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messag
             while len(done) < req.n:
                 event = await _next(stream)
                 if event[0] == "text":
-                    yield chunk(base, event[1], event[2])
+                    yield chunk(base, event[1], event[2], entries=event[3])
                 else:
                     done[event[1]] = event[2]
             choices = [done[i] for i in range(req.n)]
             await svc.record(kind, prompt, version, choices, req, messages, completion_id=cid)
             for i, c in enumerate(choices):
                 yield chunk(base, i, None, c.finish_reason)
+            if req.stream_options is not None and req.stream_options.include_usage:
+                usage = _usage([stream.prompt_tokens], [choices]).model_dump()
+                yield _sse({**base, "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
         except GenerationFailed as e:  # the 200 has gone out: the error goes into the stream
             log.error("streaming %s failed: %s", cid, e.__cause__)
@@ -209,7 +248,7 @@ feedback_router = APIRouter(prefix="/v1")  # behind ApiKeyAuth
 
 class RawRoute(APIRoute):
     """A route whose endpoint takes the ``Request`` and returns a ``Response`` itself, validating and answering with
-    the pydantic models of ``schemas``: listed in the OpenAPI document like any route, without FastAPI's
+    the pydantic models of ``bodies``: listed in the OpenAPI document like any route, without FastAPI's
     per-request parameter resolution and response serialisation (measured: 40% of the feedback route's CPU).
     """
 
@@ -364,8 +403,12 @@ class SecurityHeaders:
         return await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+# the member of a union that pydantic names in an error's location (``stop.list[str]``): not a field
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|list\[.*\]|constrained-.*|function-.*)$")
+
+
 def _field(loc: tuple, path: str) -> str:
-    parts = [str(p) for p in loc]
+    parts = [str(p) for p in loc if not _UNION_BRANCH.match(str(p))]
     if parts and parts[0] in ("body", "header", "query"):
         parts = parts[1:]
     if path.endswith("/feedback") and len(parts) > 1 and parts[0] in FEEDBACK_TAGS:

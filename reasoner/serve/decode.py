@@ -96,16 +96,17 @@ def _tokens_within(ids: list[int], length: int, tokenizer) -> int:
 
 def token_entries(ids, logprobs, top, k: int, tokenizer, eos: int) -> list[TokenLogprob]:
     """The response's log-prob entries of ``ids``: one per token but the EOS (it has no text), each with the
-    ``k`` most likely tokens at its position."""
-    texts: dict[int, str] = {}
+    ``k`` most likely tokens at its position. A sampled special token's text is "" (the text leaves it out, and
+    the entries join to the text); among the alternatives it shows as itself."""
+    texts: dict[tuple[int, bool], str] = {}
 
-    def text(i: int) -> str:
-        if i not in texts:
-            texts[i] = tokenizer.decode([i], skip_special_tokens=False)
-        return texts[i]
+    def text(i: int, skip: bool) -> str:
+        if (i, skip) not in texts:
+            texts[i, skip] = tokenizer.decode([i], skip_special_tokens=skip)
+        return texts[i, skip]
 
     return [
-        TokenLogprob(text(i), lp, [(text(t), v) for t, v in alts[:k]])
+        TokenLogprob(text(i, True), lp, [(text(t, False), v) for t, v in alts[:k]])
         for i, lp, alts in zip(ids, logprobs, top, strict=False)
         if i != eos
     ]
@@ -129,6 +130,7 @@ class TokenStream:
         self.loop, self.max_tokens, self.stop, self.k = loop, max_tokens, stop, logprobs
         self.events: asyncio.Queue[tuple] = asyncio.Queue()
         self.cancelled = False
+        self.prompt_tokens = 0  # the prompt's token count (the service sets it)
         self._choices = [_ChoiceState() for _ in range(n)]
         self._pending: list[tuple] = []
         self._tok = None
