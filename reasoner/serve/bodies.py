@@ -6,6 +6,7 @@ import json
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -16,9 +17,18 @@ from pydantic import (
     model_validator,
 )
 
-Text = Annotated[str, Field(max_length=100_000)]
-Short = Annotated[str, Field(max_length=256)]
-Comment = Annotated[str, Field(max_length=10_000)]
+
+def _no_nul(v: str) -> str:
+    # PostgreSQL's text cannot hold NUL: refused alike on every store rather than a 500 on one of them
+    if "\x00" in v:
+        raise ValueError("NUL characters (\\u0000) are not accepted")
+    return v
+
+
+NoNul = AfterValidator(_no_nul)
+Text = Annotated[str, Field(max_length=100_000), NoNul]
+Short = Annotated[str, Field(max_length=256), NoNul]
+Comment = Annotated[str, Field(max_length=10_000), NoNul]
 
 
 class _Open(BaseModel):
@@ -112,7 +122,7 @@ class ChatRequest(_Sampling):
 
 class CompletionRequest(_Sampling):
     # a string or a list of strings (each its own choices); a list of one is the same as its string
-    prompt: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(min_length=1)
+    prompt: list[Annotated[str, Field(min_length=1, max_length=100_000), NoNul]] = Field(min_length=1)
     logprobs: int | None = Field(None, ge=0, le=5)  # the top log-probs per token, as OpenAI's legacy API
 
     @property
