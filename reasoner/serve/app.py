@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reasoner.serve import bodies
 from reasoner.serve.logprobs import chat_logprobs, text_logprobs
@@ -432,6 +433,21 @@ def create_app(svc: ServeService) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, e: ServiceError):
         return _error(e.status, e.message, e.param, e.type)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        # FastAPI's own refusals (a body it cannot parse, say nested past Python's recursion limit; an unknown
+        # route) in OpenAI's error shape too
+        if e.status_code == 400 and "parsing the body" in str(e.detail):
+            return _error(
+                400, "body: cannot parse it as JSON (nested too deep, or a number too long?)", "body"
+            )
+        return _error(
+            e.status_code,
+            str(e.detail),
+            None,
+            "invalid_request_error" if e.status_code < 500 else "server_error",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):

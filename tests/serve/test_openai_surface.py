@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 
-import httpx
 import openai
 import pytest
 from openai.types import Completion
@@ -308,9 +307,21 @@ def test_logprobs_are_at_the_sampling_temperature(server, oai):
     assert all(math.isfinite(v) and v <= 0 for v in hot.values())
 
 
-def test_plain_http_error_shape_is_openais(server):
-    _, h = server
-    r = httpx.post(h.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {API_KEY}"},
-                   json={"messages": CHAT, "response_format": {"type": "json_object"}})  # fmt: skip
+def test_plain_http_error_shape_is_openais(client):
+    r = client.post(
+        "/v1/chat/completions", json={"messages": CHAT, "response_format": {"type": "json_object"}}
+    )
     assert r.status_code == 400
     assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    deep = (
+        '{"messages": [{"role": "user", "content": "hi"}], "metadata": '
+        + '{"a": ' * 50_000
+        + "1"
+        + "}" * 50_001
+    )
+    for body in ('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}", deep, '{"seed": ' + "9" * 5000 + "}"):
+        r = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "body", r.text[:200]
+    r = client.post("/v1/no-such-route", json={})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Not Found"
+    assert client.get("/health").status_code == 200
