@@ -43,9 +43,8 @@ class Choice:
     # behaviour policy's log-probs, stored with the completion
     token_ids: list[int] | None = None
     logprobs: list[float] | None = None
-    entries: list[TokenLogprob] | None = (
-        None  # the kept tokens but the EOS, when the request asked for log-probs
-    )
+    # the kept tokens but the EOS as the response reports them, when the request asked for log-probs
+    entries: list[TokenLogprob] | None = None
 
 
 @dataclass
