@@ -157,15 +157,21 @@ def prefill_once_sample(
     return tokens
 
 
-def step_logprobs(logits: torch.Tensor, sampled: torch.Tensor, temperature: float, k: int) -> StepLogprobs:
+def step_logprobs(
+    logits: torch.Tensor, sampled: torch.Tensor, temperature: float | torch.Tensor, k: int
+) -> StepLogprobs:
     """The log-probs of ``sampled [A]`` and of the ``k`` most likely tokens under the distribution ``pick`` samples
     from, before its top-p cut: ``log_softmax(logits [A, V] / temperature)`` (temperature 0: the model's own).
+    ``temperature``: one for all rows, or each row's ``[A]``.
 
     >>> lp = step_logprobs(torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([0]), 2.0, k=1)
     >>> round(lp.sampled[0], 4), lp.top_ids, round(lp.top_logprobs[0][0], 4)  # log 1/(2 + e), log e/(2 + e)
     (-1.5514, [[2]], -0.5514)
     """
-    scores = logits.float() / (temperature if temperature > 0 else 1.0)
+    t = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
+    scores = logits.float() / torch.where(t > 0, t, 1.0).reshape(
+        -1, 1
+    )  # [A, V] (a single temperature: [1, 1])
     logp = scores.log_softmax(-1)  # [A, V]
     top = logp.topk(min(k, logp.shape[-1]), dim=-1)  # [A, k]
     picked = logp.gather(-1, sampled[:, None]).squeeze(-1)  # [A]

@@ -43,6 +43,8 @@ def test_step_logprobs_by_hand():
     greedy = step_logprobs(logits, torch.tensor([1, 0]), temperature=0.0, k=0)  # the model's own softmax
     assert greedy.sampled[0] == pytest.approx(3 - math.log(math.e + math.e**3 + 1), abs=1e-5)
     assert greedy.top_ids == [[], []]
+    per_row = step_logprobs(logits, torch.tensor([0, 2]), torch.tensor([0.5, 0.0]), k=2)  # each row its own
+    assert per_row.sampled == pytest.approx([lp.sampled[0], math.log(1 / 3)], abs=1e-5)
 
 
 @pytest.mark.parametrize("temperature,n", [(0.7, 2), (1.3, 1), (0.0, 3)])
