@@ -325,3 +325,26 @@ def test_plain_http_error_shape_is_openais(client):
     r = client.post("/v1/no-such-route", json={})
     assert r.status_code == 404 and r.json()["error"]["message"] == "Not Found"
     assert client.get("/health").status_code == 200
+
+
+def test_feedback_export_carries_the_behaviour_logprobs_of_rated_answers(server, client, tmp_path, capsys):
+    from reasoner.cli import main
+
+    svc, _ = server
+    body = {"messages": [{"role": "user", "content": "Rate me: 5 + 5?"}], "n": 2, "temperature": 0.9, "seed": 3,
+            "max_tokens": 8}  # fmt: skip
+    cid = client.post("/v1/chat/completions", json=body).json()["id"]  # no logprobs asked: stored anyway
+    for choice, rating in ((0, 1), (1, -1)):
+        r = client.post(
+            "/v1/feedback", json={"response": {"completion_id": cid, "choice": choice}, "rating": rating}
+        )
+        assert r.status_code == 201
+    out = tmp_path / "pairs.jsonl"
+    assert main(["feedback", "export", "--db", svc.store.url, "--out", str(out)]) == 0
+    (pair,) = [
+        p for p in map(json.loads, out.read_text().splitlines()) if p["chosen_ref"]["completion_id"] == cid
+    ]
+    stored = svc.store.completion(cid)["choices"]
+    for side, index in (("chosen", 0), ("rejected", 1)):
+        assert pair[f"{side}_logprobs"] == {**stored[index]["logprobs"], "temperature": 0.9}
+        assert len(pair[f"{side}_logprobs"]["token_ids"]) == len(pair[f"{side}_logprobs"]["logprobs"]) > 0
