@@ -87,10 +87,10 @@ class HFEngine:
             report = step
 
             def step(rows, ids, lps):
-                for j, row in enumerate(rows):
-                    got[row].append(
-                        (lps.sampled[j], list(zip(lps.top_ids[j], lps.top_logprobs[j], strict=True)))
-                    )
+                for row, lp, top_ids, top_lps in zip(
+                    rows, lps.sampled, lps.top_ids, lps.top_logprobs, strict=True
+                ):
+                    got[row].append((lp, list(zip(top_ids, top_lps, strict=True)) if top_ids else []))
                 if report is not None:
                     report(rows, ids, lps)
 
