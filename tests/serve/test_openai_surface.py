@@ -348,3 +348,35 @@ def test_feedback_export_carries_the_behaviour_logprobs_of_rated_answers(server,
     for side, index in (("chosen", 0), ("rejected", 1)):
         assert pair[f"{side}_logprobs"] == {**stored[index]["logprobs"], "temperature": 0.9}
         assert len(pair[f"{side}_logprobs"]["token_ids"]) == len(pair[f"{side}_logprobs"]["logprobs"]) > 0
+
+
+def test_requests_sharing_a_batch_each_get_the_logprobs_they_asked_for(tiny_model_dir, tmp_path):
+    """The batch's call computes the largest top-k asked; each answer reports its own k (none when not asked)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.serve.conftest import start_server
+
+    svc, h = start_server(tiny_model_dir, tmp_path / "fb.db", batch_window_ms=300)
+    try:
+        oai = openai.OpenAI(base_url=h.url + "/v1", api_key=API_KEY, max_retries=0)
+        asks = [
+            {},
+            {"logprobs": True},
+            {"logprobs": True, "top_logprobs": 4},
+            {"logprobs": True, "top_logprobs": 1},
+        ]
+        calls = svc.batcher.calls
+        with ThreadPoolExecutor(len(asks)) as pool:
+            answers = list(pool.map(lambda ask: oai.chat.completions.create(
+                model="reasoner", messages=CHAT, max_tokens=6, temperature=0.8, **ask), asks))  # fmt: skip
+        assert svc.batcher.calls - calls == 1  # one shared call
+        assert answers[0].choices[0].logprobs is None
+        for ask, a in zip(asks[1:], answers[1:], strict=True):
+            entries = a.choices[0].logprobs.content
+            assert entries and all(len(e.top_logprobs) == ask.get("top_logprobs", 0) for e in entries)
+        assert all(
+            svc.store.completion(a.id)["choices"][0]["logprobs"] is not None for a in answers
+        )  # all stored
+    finally:
+        h.stop()
+        svc.store.close()
