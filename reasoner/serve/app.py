@@ -102,7 +102,7 @@ async def chat_completions(req: bodies.ChatRequest, svc: Service):
     params = svc.sampling(req)
     if req.stream:
         stream = await svc.stream(prompt, params, req.stop, "messages")
-        return _event_stream(svc, stream, "chat", prompt, req, messages)
+        return _event_stream(svc, [stream], "chat", [prompt], req, messages)
     gen = await svc.generate([prompt], params, req.stop, "messages")
     choices = gen.choices[0]
     cid = await svc.record("chat", prompt, gen.version, choices, req, messages)
@@ -131,13 +131,15 @@ async def completions(req: bodies.CompletionRequest, svc: Service):
     prompts = req.prompt
     params = svc.sampling(req, len(prompts))
     if req.stream:
-        if len(prompts) > 1:
-            raise ServiceError(
-                400, "prompt: a streamed completion takes one prompt (send a list without stream)", "prompt"
-            )
-        return _event_stream(
-            svc, await svc.stream(prompts[0], params, req.stop, "prompt"), "text", prompts[0], req
-        )
+        streams = []
+        try:
+            for p in prompts:
+                streams.append(await svc.stream(p, params, req.stop, "prompt"))
+        except ServiceError:
+            for stream in streams:  # a later prompt refused: the earlier ones' rows stop
+                stream.cancel()
+            raise
+        return _event_stream(svc, streams, "text", prompts, req)
     gen = await svc.generate(prompts, params, req.stop, "prompt")
     # Each prompt's answers are stored as a completion of their own (feedback compares answers to one prompt):
     # the response's id for one prompt, f"{id}-{i}" for prompt i of several (a REF names choice index % n).
@@ -173,14 +175,21 @@ def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messages=None) -> StreamingResponse:
+def _event_stream(
+    svc: ServeService, streams: list, kind: str, prompts: list[str], req, messages=None
+) -> StreamingResponse:
     """``stream: true``: server-sent events in OpenAI's chunk format, each delta as soon as the shared decode
     makes it final (reasoner.serve.decode). The completion is committed to the store before the chunks that
     carry ``finish_reason``, so its id is good for feedback by then; a client that leaves stops its own rows.
+
+    Several prompts (``/v1/completions`` with a list) decode together, one ``TokenStream`` each; their chunks go
+    out prompt after prompt (a later prompt's wait in its stream meanwhile), choice ``j * n + c`` for choice
+    ``c`` of prompt ``j``, and each prompt is stored as its own completion (``{id}-{j}``).
     """
-    chat = kind == "chat"
+    chat, n = kind == "chat", req.n
     cid = new_completion_id(kind)
-    offsets = [0] * req.n  # characters sent per choice: the legacy log-probs' text_offset
+    ids = [cid] if len(prompts) == 1 else [f"{cid}-{j}" for j in range(len(prompts))]
+    offsets = [0] * (len(prompts) * n)  # characters sent per choice: the legacy log-probs' text_offset
 
     def chunk(base: dict, index: int, text: str | None, finish: str | None = None, role: bool = False,
               entries=None) -> str:  # fmt: skip
@@ -199,33 +208,40 @@ def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messag
         return _sse({**base, "choices": [choice]})
 
     async def events():
-        done: dict = {}
         try:
-            version = (await _next(stream))[1]
+            versions = [(await _next(streams[0]))[1]]  # the policy version of the first prompt's batch
             base = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion"}
-            base.update(created=now(), model=version)
+            base.update(created=now(), model=versions[0])
             if chat:
-                for i in range(req.n):
+                for i in range(n):
                     yield chunk(base, i, None, role=True)
-            while len(done) < req.n:
-                event = await _next(stream)
-                if event[0] == "text":
-                    yield chunk(base, event[1], event[2], entries=event[3])
-                else:
-                    done[event[1]] = event[2]
-            choices = [done[i] for i in range(req.n)]
-            await svc.record(kind, prompt, version, choices, req, messages, completion_id=cid)
-            for i, c in enumerate(choices):
-                yield chunk(base, i, None, c.finish_reason)
+            choices = []
+            for j, stream in enumerate(streams):
+                if j > 0:
+                    versions.append((await _next(stream))[1])
+                done: dict = {}
+                while len(done) < n:
+                    event = await _next(stream)
+                    if event[0] == "text":
+                        yield chunk(base, j * n + event[1], event[2], entries=event[3])
+                    else:
+                        done[event[1]] = event[2]
+                choices.append([done[i] for i in range(n)])
+            for p, v, cs, i in zip(prompts, versions, choices, ids, strict=True):
+                await svc.record(kind, p, v, cs, req, messages, completion_id=i)
+            for j, cs in enumerate(choices):
+                for i, c in enumerate(cs):
+                    yield chunk(base, j * n + i, None, c.finish_reason)
             if req.stream_options is not None and req.stream_options.include_usage:
-                usage = _usage([stream.prompt_tokens], [choices]).model_dump()
+                usage = _usage([s.prompt_tokens for s in streams], choices).model_dump()
                 yield _sse({**base, "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
         except GenerationFailed as e:  # the 200 has gone out: the error goes into the stream
             log.error("streaming %s failed: %s", cid, e.__cause__)
             yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": 500}})
         finally:
-            stream.cancel()  # a client that went away stops decoding its rows; the batch goes on
+            for stream in streams:  # a client that went away stops decoding its rows; the batch goes on
+                stream.cancel()
 
     # no-cache, and no buffering by a reverse proxy (nginx holds SSE back otherwise): each chunk as it comes
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

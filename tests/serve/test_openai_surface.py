@@ -157,6 +157,17 @@ def test_a_list_of_prompts_gets_each_its_choices_numbered_as_openai_does(server,
         "/v1/feedback", json={"response": {"completion_id": f"{r.id}-2", "choice": 1}, "rating": 1}
     )
     assert rated.status_code == 201
+    streamed = _chunks(oai.completions, Completion, model="reasoner", prompt=prompts, n=2, max_tokens=6,
+                       temperature=0.0, logprobs=1, stream_options={"include_usage": True})  # fmt: skip
+    texts: dict[int, str] = {}
+    for c in streamed:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + ch.text
+            if ch.logprobs:
+                assert "".join(ch.logprobs.tokens) == ch.text
+    assert texts == {c.index: c.text for c in r.choices}
+    assert streamed[-1].usage.prompt_tokens == r.usage.prompt_tokens
+    assert svc.store.completion(f"{streamed[0].id}-1")["prompt"] == prompts[1]
     single = client.post("/v1/completions", json={"prompt": ["1 + 1 = "], "max_tokens": 3}).json()
     assert svc.store.completion(single["id"])["prompt"] == "1 + 1 = "  # a list of one: the id itself
 
@@ -245,7 +256,7 @@ SWEEP = [
     ("text", {"prompt": ""}, 422, "prompt"),
     ("text", {"prompt": []}, 422, "prompt"),
     ("text", {"prompt": [1, 2, 3]}, 422, "prompt"),
-    ("text", {"prompt": ["a", "b"], "stream": True}, 400, "prompt"),
+    ("text", {"prompt": ["a", "b"], "stream": True, "n": 2}, OK, None),
     ("text", {"prompt": ["a"] * 100, "n": 2}, 422, "prompt"),
     ("text", {"prompt": "a", "logprobs": 6}, 422, "logprobs"),
     ("text", {"prompt": "a", "logprobs": True}, OK, None),  # a bool is an int in JSON's eyes and OpenAI's: 1
