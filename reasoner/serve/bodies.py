@@ -182,6 +182,8 @@ def refusal(req: _Sampling, kind: str) -> tuple[str, str] | None:
     """
     for name, value in (req.model_extra or {}).items():
         off = NOT_SUPPORTED[kind].get(name)
+        if name == "best_of" and value == req.n and type(value) is int:
+            continue  # best of n among n: the n themselves
         if off is not None:
             if not _says_nothing(value, off):
                 also = " or ".join(json.dumps(v) for v in off[len(_OFF) :])

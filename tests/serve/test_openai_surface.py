@@ -262,6 +262,7 @@ SWEEP = [
     ("text", {"prompt": "a", "logprobs": True}, OK, None),  # a bool is an int in JSON's eyes and OpenAI's: 1
     ("text", {"prompt": "a", "echo": True}, 400, "echo"),
     ("text", {"prompt": "a", "best_of": 3}, 400, "best_of"),
+    ("text", {"prompt": "a", "best_of": 2, "n": 2}, OK, None),
     ("text", {"prompt": "a", "suffix": "b"}, 400, "suffix"),
     ("text", {"prompt": "a", "messages": CHAT}, 400, "messages"),
     ("text", {"prompt": "a", "seed": -1}, OK, None),
