@@ -20,6 +20,20 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int | None = None
+    # None: no log-probs; k >= 0: each sampled token's log-prob and the k most likely tokens' (HFEngine's fast
+    # sampler), from the distribution sampled from: softmax(logits / temperature), before the top-p cut
+    # (temperature 0: the model's own softmax)
+    logprobs: int | None = None
+
+
+@dataclass
+class StepLogprobs:
+    """One decoding step's log-probs, one entry per row reported: the sampled token's, and the ids and log-probs
+    of the k most likely tokens (most likely first)."""
+
+    sampled: list[float]
+    top_ids: list[list[int]]
+    top_logprobs: list[list[float]]
 
 
 @dataclass
@@ -30,6 +44,9 @@ class Rollout:
     text: str  # the decoded completion, special tokens removed
     finish_reason: Literal["stop", "length"]
     logprobs: list[float] | None = None  # the engine's own per-token log-probs, when it reports them
+    top_logprobs: list[list[tuple[int, float]]] | None = (
+        None  # per token: (id, log-prob) of the k most likely
+    )
 
 
 class Engine(Protocol):

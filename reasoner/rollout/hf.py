@@ -4,7 +4,8 @@ Two samplers: ``fast`` (the default) prefills each prompt once and decodes its `
 the prompt's cache once for all of them (reasoner.rollout.sampler); ``generate`` is transformers' ``generate(num_return_sequences=n)``, kept as the
 reference the fast one is tested against. The engine shares the policy module with the trainer, so
 ``sync_weights`` has nothing to copy. Both report each decoding step to an optional ``on_tokens`` callback
-(the server streams with it).
+(the server streams with it). ``SamplingParams.logprobs`` (the fast sampler only) adds each token's log-prob,
+taken from the logits it was sampled from, to the callback and to the rollouts.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from dataclasses import replace
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from reasoner.rollout.base import Rollout, SamplingParams
+from reasoner.rollout.base import Rollout, SamplingParams, StepLogprobs
 
 SAMPLERS = ("fast", "generate")
 
-# on_tokens(rows, token_ids): one decoding step's new token per row; rows are indices into generate's output
-# (prompt-major, n rows per prompt). A finished row may keep receiving the pad token for a while, or stop being
-# reported (the fast sampler drops finished rows); either way nothing follows its EOS but padding.
-TokenCallback = Callable[[Sequence[int], list[int]], None]
+# on_tokens(rows, token_ids, logprobs): one decoding step's new token per row; rows are indices into generate's
+# output (prompt-major, n rows per prompt); logprobs: the step's StepLogprobs (rows in the same order) when
+# SamplingParams.logprobs is set, else None. A finished row may keep receiving the pad token for a while, or stop
+# being reported (the fast sampler drops finished rows); either way nothing follows its EOS but padding.
+TokenCallback = Callable[[Sequence[int], list[int], StepLogprobs | None], None]
 
 
 class HFEngine:
@@ -50,8 +52,9 @@ class HFEngine:
             fan_out = None
             if on_tokens is not None:
 
-                def fan_out(rows, ids):
-                    on_tokens([r * n + k for r in rows for k in range(n)], [t for t in ids for _ in range(n)])
+                def fan_out(rows, ids, lps):
+                    on_tokens([r * n + k for r in rows for k in range(n)], [t for t in ids for _ in range(n)],
+                              None if lps is None else _repeat(lps, n))  # fmt: skip
 
             once = self.generate(prompts, replace(params, n=1), fan_out)
             return [replace(r, completion_ids=list(r.completion_ids)) for r in once for _ in range(n)]
@@ -78,8 +81,20 @@ class HFEngine:
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         was_training = model.training
         model.eval()
+        got: list[list[tuple[float, list[tuple[int, float]]]]] = [[] for _ in range(len(prompts) * params.n)]
+        step = None if on_tokens is None else _offset_rows(on_tokens, offset * params.n)
+        if params.logprobs is not None:  # each row's (log-prob, top k) per step, as the sampler reports them
+            report = step
+
+            def step(rows, ids, lps):
+                for row, lp, top_ids, top_lps in zip(
+                    rows, lps.sampled, lps.top_ids, lps.top_logprobs, strict=True
+                ):
+                    got[row].append((lp, list(zip(top_ids, top_lps, strict=True)) if top_ids else []))
+                if report is not None:
+                    report(rows, ids, lps)
+
         try:
-            step = None if on_tokens is None else _offset_rows(on_tokens, offset * params.n)
             completions = self._decode(enc, params, generator, step)  # [len(prompts) * n, <= max_new_tokens]
         finally:
             model.train(was_training)
@@ -92,6 +107,7 @@ class HFEngine:
             else:
                 completion, finish = row, "length"
             prompt_ids = [t for t, m in zip(prompt_rows[i], mask_rows[i], strict=True) if m]
+            steps = got[i][: len(completion)] if params.logprobs is not None else None
             rollouts.append(
                 Rollout(
                     prompt_index=offset + i // params.n,
@@ -99,6 +115,8 @@ class HFEngine:
                     completion_ids=completion,
                     text=tok.decode(completion, skip_special_tokens=True),
                     finish_reason=finish,
+                    logprobs=None if steps is None else [lp for lp, _ in steps],
+                    top_logprobs=None if steps is None else [top for _, top in steps],
                 )
             )
         return rollouts
@@ -112,8 +130,12 @@ class HFEngine:
                 self.model, enc["input_ids"], enc["attention_mask"], n=params.n,
                 max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=generator,
-                on_step=on_tokens,
+                on_step=on_tokens, logprobs=params.logprobs,
             )  # fmt: skip
+        if params.logprobs is not None:
+            raise ValueError(
+                "log-probs (SamplingParams.logprobs) need the fast sampler: set rollout.sampler=fast"
+            )
         seqs = self.model.generate(
             **enc,
             max_new_tokens=params.max_new_tokens,
@@ -141,7 +163,14 @@ class HFEngine:
 
 def _offset_rows(on_tokens: TokenCallback, first_row: int) -> TokenCallback:
     """A chunk's rows numbered in the whole ``generate`` call (chunks of ``batch_size`` sequences)."""
-    return lambda rows, ids: on_tokens([first_row + r for r in rows], ids)
+    return lambda rows, ids, lps: on_tokens([first_row + r for r in rows], ids, lps)
+
+
+def _repeat(lps: StepLogprobs, n: int) -> StepLogprobs:
+    """Each row's entry ``n`` times (greedy samples decoded once, reported as their n copies)."""
+    return StepLogprobs(
+        *([x for x in column for _ in range(n)] for column in (lps.sampled, lps.top_ids, lps.top_logprobs))
+    )
 
 
 class _StepStreamer(BaseStreamer):
@@ -155,7 +184,7 @@ class _StepStreamer(BaseStreamer):
             self.prompt_seen = True
             return
         ids = value.reshape(-1).tolist()
-        self.on_tokens(range(len(ids)), ids)
+        self.on_tokens(range(len(ids)), ids, None)
 
     def end(self) -> None:
         pass

@@ -34,6 +34,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from reasoner.rollout.base import StepLogprobs
 from reasoner.rollout.lean import MAX_OWN_SLOTS, LeanDecode, unsupported
 from reasoner.rollout.prefix_attention import SharedPrefix, shared_prefix_attention_in
 
@@ -52,15 +53,19 @@ def prefill_once_sample(
     pad_token_id: int,
     generator: torch.Generator | None = None,
     share_prefix: bool | None = None,  # None: when lean, or n > 1 and every cache layer is a plain one
-    on_step: Callable[[list[int], list[int]], None] | None = None,
+    on_step: Callable[[list[int], list[int], StepLogprobs | None], None] | None = None,
     lean: bool | None = None,  # None: reasoner.rollout.lean's decode step wherever it runs the model
+    logprobs: int | None = None,  # k: each step's log-probs (the sampled token's and the top k) go to on_step
 ) -> torch.Tensor:
     """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS.
 
-    ``on_step(rows, ids)``, when given, receives each step's token of every row still in the batch (output row
-    indices; a finished row gets padding until it is dropped)."""
+    ``on_step(rows, ids, logprobs)``, when given, receives each step's token of every row still in the batch
+    (output row indices; a finished row gets padding until it is dropped) and, with ``logprobs=k``, their
+    log-probs from the logits they were sampled from (:func:`step_logprobs`; None otherwise)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if logprobs is not None and on_step is None:
+        raise ValueError("logprobs are reported through on_step: give on_step too")
     forward_args = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
@@ -116,7 +121,8 @@ def prefill_once_sample(
             nxt = pick(logits, temperature, top_p, generator)  # [A]
             tokens[rows, t] = torch.where(live, nxt, pad_token_id)
             if on_step is not None:
-                on_step(rows.tolist(), tokens[rows, t].tolist())
+                lps = None if logprobs is None else step_logprobs(logits, nxt, temperature, logprobs)
+                on_step(rows.tolist(), tokens[rows, t].tolist(), lps)
             live = live & (nxt != eos_token_id)
             if t == max_new_tokens - 1:
                 break
@@ -149,6 +155,27 @@ def prefill_once_sample(
                                    "so the shared-prompt decode cannot run: use rollout.sampler=generate")  # fmt: skip
             logits = out.logits[:, -1].float()
     return tokens
+
+
+def step_logprobs(
+    logits: torch.Tensor, sampled: torch.Tensor, temperature: float | torch.Tensor, k: int
+) -> StepLogprobs:
+    """The log-probs of ``sampled [A]`` and of the ``k`` most likely tokens under the distribution ``pick`` samples
+    from, before its top-p cut: ``log_softmax(logits [A, V] / temperature)`` (temperature 0: the model's own).
+    ``temperature``: one for all rows, or each row's ``[A]``.
+
+    >>> lp = step_logprobs(torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([0]), 2.0, k=1)
+    >>> round(lp.sampled[0], 4), lp.top_ids, round(lp.top_logprobs[0][0], 4)  # log 1/(2 + e), log e/(2 + e)
+    (-1.5514, [[2]], -0.5514)
+    """
+    t = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
+    scores = logits.float() / torch.where(t > 0, t, 1.0).reshape(
+        -1, 1
+    )  # [A, V] (a single temperature: [1, 1])
+    logp = scores.log_softmax(-1)  # [A, V]
+    top = logp.topk(min(k, logp.shape[-1]), dim=-1)  # [A, k]
+    picked = logp.gather(-1, sampled[:, None]).squeeze(-1)  # [A]
+    return StepLogprobs(picked.tolist(), top.indices.tolist(), top.values.tolist())
 
 
 def pick(

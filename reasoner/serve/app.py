@@ -8,8 +8,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
 import secrets
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,8 +23,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reasoner.serve import bodies
+from reasoner.serve.logprobs import chat_logprobs, text_logprobs
 from reasoner.serve.service import ServeService, ServiceError, now
 from reasoner.serve.store import new_completion_id
 
@@ -82,26 +86,37 @@ def list_models(svc: Service):
     )
 
 
+def _refuse_unsupported(req, kind: str) -> None:
+    """What the server does not do answers 400 naming the parameter, as OpenAI does: never silently ignored."""
+    refused = bodies.refusal(req, kind)
+    if refused is not None:
+        raise ServiceError(400, refused[1], refused[0])
+
+
 @openai_router.post("/chat/completions", response_model=bodies.ChatResponse)
 async def chat_completions(req: bodies.ChatRequest, svc: Service):
+    _refuse_unsupported(req, "chat")
     svc.check_model(req.model)
-    messages = [m.model_dump() for m in req.messages]
+    messages = [{"role": m.role, "content": m.content} for m in req.messages]
     prompt = svc.render_chat(messages)
     params = svc.sampling(req)
     if req.stream:
         stream = await svc.stream(prompt, params, req.stop, "messages")
-        return _event_stream(svc, stream, "chat", prompt, req, messages)
+        return _event_stream(svc, [stream], "chat", [prompt], req, messages)
     gen = await svc.generate([prompt], params, req.stop, "messages")
     choices = gen.choices[0]
     cid = await svc.record("chat", prompt, gen.version, choices, req, messages)
-    usage = _usage(gen.prompt_tokens[0], choices)
+    usage = _usage(gen.prompt_tokens, [choices])
     return bodies.ChatResponse(
         id=cid,
         created=now(),
         model=gen.version,
         choices=[
             bodies.ChatChoice(
-                index=i, message=bodies.ChatMessageOut(content=c.text), finish_reason=c.finish_reason
+                index=i,
+                message=bodies.ChatMessageOut(content=c.text),
+                finish_reason=c.finish_reason,
+                logprobs=None if c.entries is None else chat_logprobs(c.entries),
             )
             for i, c in enumerate(choices)
         ],
@@ -111,81 +126,122 @@ async def chat_completions(req: bodies.ChatRequest, svc: Service):
 
 @openai_router.post("/completions", response_model=bodies.CompletionResponse)
 async def completions(req: bodies.CompletionRequest, svc: Service):
+    _refuse_unsupported(req, "text")
     svc.check_model(req.model)
-    if isinstance(req.prompt, list) and len(req.prompt) != 1:
-        # a completion id names one prompt (feedback compares answers to one prompt): one prompt per request
-        raise ServiceError(422, "prompt: send one prompt per request (a string or a list of one)", "prompt")
-    prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    params = svc.sampling(req)
+    prompts = req.prompt
+    params = svc.sampling(req, len(prompts))
     if req.stream:
-        return _event_stream(svc, await svc.stream(prompt, params, req.stop, "prompt"), "text", prompt, req)
-    gen = await svc.generate([prompt], params, req.stop, "prompt")
-    flat = gen.choices[0]
-    cid = await svc.record("text", prompt, gen.version, flat, req)
-    usage = _usage(gen.prompt_tokens[0], flat)
+        streams = []
+        try:
+            for p in prompts:
+                streams.append(await svc.stream(p, params, req.stop, "prompt"))
+        except ServiceError:
+            for stream in streams:  # a later prompt refused: the earlier ones' rows stop
+                stream.cancel()
+            raise
+        return _event_stream(svc, streams, "text", prompts, req)
+    gen = await svc.generate(prompts, params, req.stop, "prompt")
+    # Each prompt's answers are stored as a completion of their own (feedback compares answers to one prompt):
+    # the response's id for one prompt, f"{id}-{i}" for prompt i of several (a REF names choice index % n).
+    cid = new_completion_id("text")
+    ids = [cid] if len(prompts) == 1 else [f"{cid}-{i}" for i in range(len(prompts))]
+    await asyncio.gather(*(svc.record("text", p, gen.version, c, req, completion_id=i)
+                           for p, c, i in zip(prompts, gen.choices, ids, strict=True)))  # fmt: skip
     return bodies.CompletionResponse(
         id=cid,
         created=now(),
         model=gen.version,
         choices=[
-            bodies.TextChoice(index=i, text=c.text, finish_reason=c.finish_reason) for i, c in enumerate(flat)
+            bodies.TextChoice(
+                index=j * req.n + i,
+                text=c.text,
+                finish_reason=c.finish_reason,
+                logprobs=None if c.entries is None else text_logprobs(c.entries),
+            )
+            for j, flat in enumerate(gen.choices)
+            for i, c in enumerate(flat)
         ],
-        usage=usage,
+        usage=_usage(gen.prompt_tokens, gen.choices),
     )
 
 
-def _usage(prompt_tokens: int, choices) -> bodies.Usage:
-    completion = sum(c.completion_tokens for c in choices)
-    return bodies.Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion
-    )
+def _usage(prompt_tokens: list[int], choices: list[list]) -> bodies.Usage:
+    """A request's usage from each prompt's token count and each prompt's choices."""
+    prompt, completion = sum(prompt_tokens), sum(c.completion_tokens for cs in choices for c in cs)
+    return bodies.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-def _event_stream(svc: ServeService, stream, kind: str, prompt: str, req, messages=None) -> StreamingResponse:
+def _event_stream(
+    svc: ServeService, streams: list, kind: str, prompts: list[str], req, messages=None
+) -> StreamingResponse:
     """``stream: true``: server-sent events in OpenAI's chunk format, each delta as soon as the shared decode
     makes it final (reasoner.serve.decode). The completion is committed to the store before the chunks that
     carry ``finish_reason``, so its id is good for feedback by then; a client that leaves stops its own rows.
-    """
-    chat = kind == "chat"
-    cid = new_completion_id(kind)
 
-    def chunk(base: dict, index: int, text: str | None, finish: str | None = None, role: bool = False) -> str:
+    Several prompts (``/v1/completions`` with a list) decode together, one ``TokenStream`` each; their chunks go
+    out prompt after prompt (a later prompt's wait in its stream meanwhile), choice ``j * n + c`` for choice
+    ``c`` of prompt ``j``, and each prompt is stored as its own completion (``{id}-{j}``).
+    """
+    chat, n = kind == "chat", req.n
+    cid = new_completion_id(kind)
+    ids = [cid] if len(prompts) == 1 else [f"{cid}-{j}" for j in range(len(prompts))]
+    offsets = [0] * (len(prompts) * n)  # characters sent per choice: the legacy log-probs' text_offset
+
+    def chunk(base: dict, index: int, text: str | None, finish: str | None = None, role: bool = False,
+              entries=None) -> str:  # fmt: skip
         if chat:
             delta = (
                 {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
             )
-            return _sse({**base, "choices": [{"index": index, "delta": delta, "finish_reason": finish}]})
-        return _sse({**base, "choices": [{"index": index, "text": text or "", "finish_reason": finish}]})
+            choice = {"index": index, "delta": delta, "finish_reason": finish}
+            if entries is not None:
+                choice["logprobs"] = chat_logprobs(entries)
+            return _sse({**base, "choices": [choice]})
+        choice = {"index": index, "text": text or "", "finish_reason": finish}
+        if entries is not None:
+            choice["logprobs"] = text_logprobs(entries, offsets[index])
+        offsets[index] += len(text or "")
+        return _sse({**base, "choices": [choice]})
 
     async def events():
-        done: dict = {}
         try:
-            version = (await _next(stream))[1]
+            versions = [(await _next(streams[0]))[1]]  # the policy version of the first prompt's batch
             base = {"id": cid, "object": "chat.completion.chunk" if chat else "text_completion"}
-            base.update(created=now(), model=version)
+            base.update(created=now(), model=versions[0])
             if chat:
-                for i in range(req.n):
+                for i in range(n):
                     yield chunk(base, i, None, role=True)
-            while len(done) < req.n:
-                event = await _next(stream)
-                if event[0] == "text":
-                    yield chunk(base, event[1], event[2])
-                else:
-                    done[event[1]] = event[2]
-            choices = [done[i] for i in range(req.n)]
-            await svc.record(kind, prompt, version, choices, req, messages, completion_id=cid)
-            for i, c in enumerate(choices):
-                yield chunk(base, i, None, c.finish_reason)
+            choices = []
+            for j, stream in enumerate(streams):
+                if j > 0:
+                    versions.append((await _next(stream))[1])
+                done: dict = {}
+                while len(done) < n:
+                    event = await _next(stream)
+                    if event[0] == "text":
+                        yield chunk(base, j * n + event[1], event[2], entries=event[3])
+                    else:
+                        done[event[1]] = event[2]
+                choices.append([done[i] for i in range(n)])
+            for p, v, cs, i in zip(prompts, versions, choices, ids, strict=True):
+                await svc.record(kind, p, v, cs, req, messages, completion_id=i)
+            for j, cs in enumerate(choices):
+                for i, c in enumerate(cs):
+                    yield chunk(base, j * n + i, None, c.finish_reason)
+            if req.stream_options is not None and req.stream_options.include_usage:
+                usage = _usage([s.prompt_tokens for s in streams], choices).model_dump()
+                yield _sse({**base, "choices": [], "usage": usage})
             yield "data: [DONE]\n\n"
         except GenerationFailed as e:  # the 200 has gone out: the error goes into the stream
             log.error("streaming %s failed: %s", cid, e.__cause__)
             yield _sse({"error": {"message": str(e), "type": "server_error", "param": None, "code": 500}})
         finally:
-            stream.cancel()  # a client that went away stops decoding its rows; the batch goes on
+            for stream in streams:  # a client that went away stops decoding its rows; the batch goes on
+                stream.cancel()
 
     # no-cache, and no buffering by a reverse proxy (nginx holds SSE back otherwise): each chunk as it comes
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -209,7 +265,7 @@ feedback_router = APIRouter(prefix="/v1")  # behind ApiKeyAuth
 
 class RawRoute(APIRoute):
     """A route whose endpoint takes the ``Request`` and returns a ``Response`` itself, validating and answering with
-    the pydantic models of ``schemas``: listed in the OpenAPI document like any route, without FastAPI's
+    the pydantic models of ``bodies``: listed in the OpenAPI document like any route, without FastAPI's
     per-request parameter resolution and response serialisation (measured: 40% of the feedback route's CPU).
     """
 
@@ -364,8 +420,12 @@ class SecurityHeaders:
         return await self.app(scope, receive, with_headers if scope["type"] == "http" else send)
 
 
+# the member of a union that pydantic names in an error's location (``stop.list[str]``): not a field
+_UNION_BRANCH = re.compile(r"^(str|int|float|bool|list\[.*\]|constrained-.*|function-.*)$")
+
+
 def _field(loc: tuple, path: str) -> str:
-    parts = [str(p) for p in loc]
+    parts = [str(p) for p in loc if not _UNION_BRANCH.match(str(p))]
     if parts and parts[0] in ("body", "header", "query"):
         parts = parts[1:]
     if path.endswith("/feedback") and len(parts) > 1 and parts[0] in FEEDBACK_TAGS:
@@ -389,6 +449,21 @@ def create_app(svc: ServeService) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, e: ServiceError):
         return _error(e.status, e.message, e.param, e.type)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException):
+        # FastAPI's own refusals (a body it cannot parse, say nested past Python's recursion limit; an unknown
+        # route) in OpenAI's error shape too
+        if e.status_code == 400 and "parsing the body" in str(e.detail):
+            return _error(
+                400, "body: cannot parse it as JSON (nested too deep, or a number too long?)", "body"
+            )
+        return _error(
+            e.status_code,
+            str(e.detail),
+            None,
+            "invalid_request_error" if e.status_code < 500 else "server_error",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):

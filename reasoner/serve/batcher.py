@@ -14,6 +14,10 @@ stream ends as soon as its own choices are done.
 
 The policy is read once per batch: a hot swap (``ServeService.deploy``) takes effect at the next batch and never
 touches one in flight.
+
+Every call reports the sampled tokens' log-probs (the store keeps them with the completion: the behaviour
+policy's); a request's ``SamplingParams.logprobs`` (the top-k it asked for, None: none) sets what its response
+reports, the group's call computing the largest top-k among its requests.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from reasoner.rollout.base import SamplingParams
-from reasoner.serve.decode import Choice, TokenStream, cut
+from reasoner.serve.decode import Choice, Sampled, TokenStream, cut
 
 
 @dataclass
@@ -102,7 +106,9 @@ class Batcher:
         """Queue one streaming request; read its events from the returned stream's ``events`` queue."""
         if self.queue is None:
             raise RuntimeError("Batcher.start() has not run (the app's lifespan starts it)")
-        stream = TokenStream(asyncio.get_running_loop(), params.n, params.max_new_tokens, stop)
+        stream = TokenStream(
+            asyncio.get_running_loop(), params.n, params.max_new_tokens, stop, params.logprobs
+        )
         await self.queue.put(_Item([prompt], params, stop, stream=stream))
         return stream
 
@@ -157,6 +163,7 @@ class Batcher:
             top_p=items[0].params.top_p,
             max_new_tokens=budget,
             seed=items[0].params.seed,
+            logprobs=max(i.params.logprobs or 0 for i in items),
         )
         tok, n = policy.tokenizer, params.n
         streams = [i.stream for i in items if i.stream is not None]
@@ -170,10 +177,15 @@ class Batcher:
             for stream in streams:
                 stream.begin(policy.name, tok)
 
-            def on_tokens(rows, ids):
-                for row, token in zip(rows, ids, strict=True):
+            def on_tokens(rows, ids, lps):
+                for j, (row, token) in enumerate(zip(rows, ids, strict=True)):
                     if owners[row] is not None:
-                        owners[row][0].push(owners[row][1], token)
+                        lp = (
+                            None
+                            if lps is None
+                            else (lps.sampled[j], list(zip(lps.top_ids[j], lps.top_logprobs[j], strict=True)))
+                        )
+                        owners[row][0].push(owners[row][1], token, lp)
                 for stream in streams:
                     stream.flush()
 
@@ -196,6 +208,9 @@ class Batcher:
                         item.stop,
                         tok,
                         tok.eos_token_id,
+                        None
+                        if r.logprobs is None
+                        else Sampled(r.logprobs, r.top_logprobs, item.params.logprobs),
                     )
                     for r in mine[j * n : (j + 1) * n]
                 ]

@@ -9,6 +9,10 @@ its ``prompt``, ``text`` and ``version``. Pairs come from:
   is the sign of the sum of its ratings; 0 = no opinion).
 
 Ties give no pair (the reward model's data has none) but count as half a win each in the version statistics.
+
+A pair carries ``chosen_logprobs`` / ``rejected_logprobs`` (``{"token_ids", "logprobs"}``: the sampled tokens
+and the behaviour policy's log-probs of them, at the sampling temperature in the response's ``sampling``) when
+the store holds them for that response (the server stores them for every completion since schema v2).
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ def _iso(t: float) -> str:
 def _pair(
     prompt: str, chosen: dict, rejected: dict, source: str, created_at: float, user, feedback_id
 ) -> dict:
+    behaviour = {
+        f"{side}_logprobs": {**r["logprobs"], "temperature": r.get("sampling", {}).get("temperature")}
+        for side, r in (("chosen", chosen), ("rejected", rejected))
+        if r.get("logprobs") is not None
+    }
     return {
         "prompt": prompt,
         "chosen": chosen["text"],
@@ -41,6 +50,7 @@ def _pair(
         "user": user,
         "feedback_id": feedback_id,
         "created_at": _iso(created_at),
+        **behaviour,
     }
 
 

@@ -163,32 +163,45 @@ class ServeService:
             raise ServiceError(400, "this model has no chat template: use /v1/completions", "messages")
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def sampling(self, req) -> SamplingParams:
-        max_tokens = req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens
+    def sampling(self, req, prompts: int = 1) -> SamplingParams:
+        """The engine's settings for a request (``ChatRequest`` or ``CompletionRequest``) of ``prompts`` prompts."""
+        max_tokens = req.max_new_tokens if req.max_new_tokens is not None else self.cfg.default_max_tokens
         if max_tokens > self.cfg.max_tokens_cap:
+            param = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
             raise ServiceError(
                 422,
-                f"max_tokens must be at most {self.cfg.max_tokens_cap} (serve.max_tokens_cap); got {max_tokens}",
-                "max_tokens",
+                f"{param} must be at most {self.cfg.max_tokens_cap} (serve.max_tokens_cap); got {max_tokens}",
+                param,
             )
         if req.n > self.cfg.max_n:
             raise ServiceError(422, f"n must be at most {self.cfg.max_n} (serve.max_n); got {req.n}", "n")
+        if prompts * req.n > max(self.cfg.max_n, self.cfg.max_batch):
+            limit = max(self.cfg.max_n, self.cfg.max_batch)
+            raise ServiceError(
+                422,
+                f"prompt: {prompts} prompts x n={req.n} is over {limit} completions (serve.max_batch)",
+                "prompt",
+            )
         return SamplingParams(
-            n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_tokens, seed=req.seed
-        )
+            n=req.n, temperature=req.temperature, top_p=req.top_p, max_new_tokens=max_tokens,
+            seed=engine_seed(req.seed), logprobs=req.top_k,
+        )  # fmt: skip
 
-    def _check_length(self, prompts: list[str], params: SamplingParams, param: str) -> None:
-        limit = self.policy.max_positions
-        if limit is None:
-            return
+    def _check_length(self, prompts: list[str], params: SamplingParams, param: str) -> list[int]:
+        """Each prompt's token count, checked against the model's positions."""
+        limit, counts = self.policy.max_positions, []
         for p in prompts:
             n = len(self.policy.tokenizer(p, add_special_tokens=False)["input_ids"])
-            if n + params.max_new_tokens > limit:
+            if n == 0:
+                raise ServiceError(400, f"{param}: the prompt has no tokens", param)
+            if limit is not None and n + params.max_new_tokens > limit:
                 raise ServiceError(
                     400,
                     f"{param}: {n} prompt tokens + max_tokens {params.max_new_tokens} exceed the model's {limit} positions",
                     param,
                 )
+            counts.append(n)
+        return counts
 
     async def generate(
         self, prompts: list[str], params: SamplingParams, stop: list[str], param: str
@@ -197,8 +210,11 @@ class ServeService:
         return await self.batcher.generate(prompts, params, stop)
 
     async def stream(self, prompt: str, params: SamplingParams, stop: list[str], param: str) -> TokenStream:
-        self._check_length([prompt], params, param)
-        return await self.batcher.stream(prompt, params, stop)
+        """The request's ``TokenStream``; its ``prompt_tokens`` is the prompt's token count."""
+        (count,) = self._check_length([prompt], params, param)
+        stream = await self.batcher.stream(prompt, params, stop)
+        stream.prompt_tokens = count
+        return stream
 
     async def record(
         self,
@@ -213,7 +229,7 @@ class ServeService:
         """Store one prompt's completions (committed before the response goes out); returns the completion id."""
         sampling = {
             "n": req.n, "temperature": req.temperature, "top_p": req.top_p,
-            "max_tokens": req.max_tokens if req.max_tokens is not None else self.cfg.default_max_tokens,
+            "max_tokens": req.max_new_tokens if req.max_new_tokens is not None else self.cfg.default_max_tokens,
             "seed": req.seed, "stop": req.stop,
         }  # fmt: skip
         return await self._committed(
@@ -221,6 +237,10 @@ class ServeService:
                 prompt=prompt,
                 texts=[c.text for c in choices],
                 finish_reasons=[c.finish_reason for c in choices],
+                logprobs=[
+                    None if c.logprobs is None else {"token_ids": c.token_ids, "logprobs": c.logprobs}
+                    for c in choices
+                ],
                 version=version,
                 sampling=sampling,
                 messages=messages,
@@ -283,6 +303,16 @@ def _next_version(store: FeedbackStore) -> str:
     while f"v{i}" in taken:
         i += 1
     return f"v{i}"
+
+
+def engine_seed(seed: int | None) -> int | None:
+    """Any integer as a seed the engine takes (0 .. 2**64 - 1): modulo 2**64, so a negative int64 seeds as its
+    two's-complement bits and a 64-bit one as itself; larger integers wrap (deterministically).
+
+    >>> engine_seed(7), engine_seed(-1), engine_seed(2**70 + 5), engine_seed(None)
+    (7, 18446744073709551615, 5, None)
+    """
+    return None if seed is None else seed % 2**64
 
 
 def now() -> int:

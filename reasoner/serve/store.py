@@ -252,8 +252,10 @@ class FeedbackStore:
         user: str | None = None,
         kind: str = "chat",
         completion_id: str | None = None,
+        logprobs: list[dict | None] | None = None,  # per choice: {"token_ids", "logprobs"} (the behaviour's)
     ) -> Future:
         cid = completion_id or new_completion_id(kind)
+        logprobs = logprobs or [None] * len(texts)
         finish_reasons = finish_reasons or ["stop"] * len(texts)
         if len(finish_reasons) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(finish_reasons)} finish_reasons")
@@ -268,8 +270,8 @@ class FeedbackStore:
             "user": user,
         }
         choices = [
-            {"completion_id": cid, "idx": i, "text": t, "finish_reason": f}
-            for i, (t, f) in enumerate(zip(texts, finish_reasons, strict=True))
+            {"completion_id": cid, "idx": i, "text": t, "finish_reason": f, "logprobs": lp and json.dumps(lp)}
+            for i, (t, f, lp) in enumerate(zip(texts, finish_reasons, logprobs, strict=True))
         ]
         return self._write(_insert_completions, (row, choices))
 
@@ -284,7 +286,10 @@ class FeedbackStore:
                 .order_by(choices_t.c.idx)
             ).all()
         out = _completion_dict(row)
-        out["choices"] = [{"index": c.idx, "text": c.text, "finish_reason": c.finish_reason} for c in choices]
+        out["choices"] = [
+            {"index": c.idx, "text": c.text, "finish_reason": c.finish_reason, "logprobs": _json(c.logprobs)}
+            for c in choices
+        ]
         return out
 
     # --- feedback -----------------------------------------------------------------------------------------
@@ -338,6 +343,7 @@ class FeedbackStore:
                 completions_t.c.version,
                 completions_t.c.sampling,
                 choices_t.c.text,
+                choices_t.c.logprobs,
             )
             .select_from(
                 feedback_t.join(feedback_items_t, feedback_items_t.c.feedback_id == feedback_t.c.id)
@@ -382,6 +388,7 @@ class FeedbackStore:
                         "text": r.text,
                         "version": r.version,
                         "sampling": json.loads(r.sampling),
+                        "logprobs": _json(r.logprobs),
                     }
                 )
         return list(rows.values())
@@ -554,6 +561,10 @@ def _check_feedback(row: dict, refs: list[tuple[str, int]], used: dict, known: s
     if key is not None:  # a retry queued beside this write gets this row
         used[key] = (fid, row["body_hash"])
     return {"id": fid, "created": True}
+
+
+def _json(text: str | None):
+    return None if text is None else json.loads(text)
 
 
 def _completion_dict(row) -> dict:

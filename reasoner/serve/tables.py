@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FEEDBACK_KINDS = ("rating", "choice", "tie", "ranking")
 
 metadata = sa.MetaData()
@@ -44,6 +44,9 @@ choices_t = sa.Table(
     sa.Column("idx", sa.Integer, primary_key=True),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("finish_reason", sa.String(16), nullable=False),
+    # v2: JSON {"token_ids": [...], "logprobs": [...]}, the sampled tokens (the EOS included) and the behaviour
+    # policy's log-probs of them; NULL for rows written before v2
+    sa.Column("logprobs", sa.Text),
 )
 feedback_t = sa.Table(
     "feedback",
@@ -77,9 +80,19 @@ state_t = sa.Table(
 
 
 def _create_v1(conn: sa.Connection) -> None:
+    # creates the tables as defined above (a fresh database gets the newest columns; later migrations add
+    # only what is missing)
     metadata.create_all(
         conn, tables=[versions_t, completions_t, choices_t, feedback_t, feedback_items_t, state_t]
     )
 
 
-MIGRATIONS: list[Callable[[sa.Connection], None]] = [_create_v1]  # MIGRATIONS[i]: schema i -> i + 1
+def _choice_logprobs_v2(conn: sa.Connection) -> None:
+    if "logprobs" not in {c["name"] for c in sa.inspect(conn).get_columns("choices")}:
+        conn.execute(sa.text("ALTER TABLE choices ADD COLUMN logprobs TEXT"))
+
+
+MIGRATIONS: list[Callable[[sa.Connection], None]] = [
+    _create_v1,
+    _choice_logprobs_v2,
+]  # [i]: schema i -> i + 1

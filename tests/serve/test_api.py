@@ -286,13 +286,6 @@ def test_hot_swap_keeps_requests_in_flight(tiny_model_dir, tmp_path):
         h.stop()
 
 
-def test_text_completions_take_one_prompt(client):
-    r = client.post("/v1/completions", json={"prompt": ["1 + 1 = "], "max_tokens": 3})
-    assert r.status_code == 200 and r.json()["object"] == "text_completion"
-    r = client.post("/v1/completions", json={"prompt": ["a", "b"], "max_tokens": 3})
-    assert r.status_code == 422 and r.json()["error"]["param"] == "prompt"
-
-
 def test_the_page_never_writes_html_from_data():
     from reasoner.serve.app import STATIC
 

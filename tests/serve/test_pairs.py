@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reasoner.models import build_char_tokenizer
-from reasoner.serve.decode import cut
+from reasoner.serve.decode import Sampled, cut
 from reasoner.serve.pairs import bradley_terry, preference_pairs, version_stats
 
 
@@ -139,6 +139,26 @@ def test_cut(args, expected):
     text, completion, finish, max_tokens, stop = args
     c = cut(text, completion, finish, max_tokens, stop, TOK, EOS)
     assert (c.text, c.finish_reason, c.completion_tokens) == expected
+
+
+@pytest.mark.parametrize("args, expected", CUT_TABLE)
+def test_cut_keeps_the_logprobs_of_the_tokens_it_keeps(args, expected):
+    text, completion, finish, max_tokens, stop = args
+    logprobs = [-(i + 1) / 10 for i in range(len(completion))]
+    top = [[(t, lp), (EOS, -9.0)] for t, lp in zip(completion, logprobs, strict=True)]
+    c = cut(text, completion, finish, max_tokens, stop, TOK, EOS, Sampled(logprobs, top, k=1))
+    kept = len(c.token_ids)
+    assert c.token_ids == completion[:kept] and c.logprobs == logprobs[:kept]
+    assert TOK.decode(c.token_ids, skip_special_tokens=True) == c.text  # one character per token here
+    assert "".join(e.token for e in c.entries) == c.text and EOS not in c.token_ids[:-1]
+    assert [e.logprob for e in c.entries] == [
+        lp for t, lp in zip(c.token_ids, c.logprobs, strict=True) if t != EOS
+    ]
+    assert all(len(e.top) == 1 for e in c.entries)  # k=1 of the two reported
+    assert (
+        cut(text, completion, finish, max_tokens, stop, TOK, EOS, Sampled(logprobs, top, k=None)).entries
+        is None
+    )
 
 
 def test_a_version_never_compared_has_no_rating():

@@ -185,6 +185,40 @@ def test_export_pairs_filters_by_time_and_version(store):
     assert [p["source"] for p in store.export_pairs(until=cut + 1e-3)] == ["choice"]
 
 
+def test_behaviour_logprobs_are_stored_and_exported_for_rated_answers(store):
+    lp = {"token_ids": [5, 2], "logprobs": [-0.25, -1.5]}
+    a = store.record_completion(prompt="p", texts=["A", "B"], version="v0", sampling={"temperature": 0.7},
+                                logprobs=[lp, None])  # fmt: skip
+    assert [c["logprobs"] for c in store.completion(a)["choices"]] == [lp, None]
+    store.record_feedback("rating", [(a, 0)], rating=1)
+    store.record_feedback("rating", [(a, 1)], rating=-1)
+    (pair,) = store.export_pairs()
+    assert pair["chosen_logprobs"] == {**lp, "temperature": 0.7} and "rejected_logprobs" not in pair
+
+
+def test_a_v1_store_gains_the_logprobs_column(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    with sa.create_engine(url).begin() as conn:  # the v1 schema as v1 created it
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.exec_driver_sql("INSERT INTO schema_version VALUES (1)")
+        conn.exec_driver_sql("CREATE TABLE completions (id VARCHAR(64) PRIMARY KEY, created_at FLOAT NOT NULL, "
+                             "kind VARCHAR(16) NOT NULL, prompt TEXT NOT NULL, messages TEXT, "
+                             "version VARCHAR(64) NOT NULL, sampling TEXT NOT NULL, user VARCHAR(256))")  # fmt: skip
+        conn.exec_driver_sql("CREATE TABLE choices (completion_id VARCHAR(64), idx INTEGER, text TEXT NOT NULL, "
+                             "finish_reason VARCHAR(16) NOT NULL, PRIMARY KEY (completion_id, idx))")  # fmt: skip
+        conn.exec_driver_sql("INSERT INTO completions VALUES ('old', 0, 'chat', 'p', NULL, 'v0', '{}', NULL)")
+        conn.exec_driver_sql("INSERT INTO choices VALUES ('old', 0, 'hi', 'stop')")
+    store = FeedbackStore(url)
+    assert store.schema_version() == SCHEMA_VERSION == 2
+    assert store.completion("old")["choices"] == [
+        {"index": 0, "text": "hi", "finish_reason": "stop", "logprobs": None}
+    ]
+    new = store.record_completion(prompt="p", texts=["x"], version="v0",
+                                  logprobs=[{"token_ids": [1], "logprobs": [-0.5]}])  # fmt: skip
+    assert store.completion(new)["choices"][0]["logprobs"]["logprobs"] == [-0.5]
+    store.close()
+
+
 def test_versions_and_deployed(store):
     assert store.deployed() is None
     store.record_version("v0", "/m/v0", meta={"source": "serve"})

@@ -171,16 +171,18 @@ def test_a_failed_generate_ends_the_stream_with_an_error_event(server, oai):
 
 
 # --- TokenStream on its own ---------------------------------------------------------------------------------
-def _drive(tokenizer, pieces: list[list[int]], max_tokens: int = 100, stop=()) -> list[tuple]:
-    """Feed token ids step by step (one list per step) to a one-choice stream; the events after each step."""
+def _drive(tokenizer, pieces: list[list[int]], max_tokens: int = 100, stop=(), logprobs=None) -> list[tuple]:
+    """Feed token ids step by step (one list per step) to a one-choice stream; the events after each step.
+    ``logprobs``: the top-k asked for; each token then comes with log-prob -(its position + 1)."""
     loop = asyncio.new_event_loop()
     try:
-        stream = TokenStream(loop, 1, max_tokens, list(stop))
+        stream = TokenStream(loop, 1, max_tokens, list(stop), logprobs)
         stream.begin("v0", tokenizer)
-        steps = []
+        steps, position = [], 0
         for ids in pieces:
             for t in ids:
-                stream.push(0, t)
+                position += 1
+                stream.push(0, t, None if logprobs is None else (-position, [(t, -position), (0, -50.0)]))
             stream.flush()
             loop.run_until_complete(asyncio.sleep(0))
             events = []
@@ -201,6 +203,23 @@ def test_a_stop_string_is_held_back_until_it_is_ruled_out_or_complete(tiny_model
     done = [e for step in steps for e in step if e[0] == "done"]
     assert len(done) == 1 and done[0][2].text == "ab\nUx" and done[0][2].finish_reason == "stop"
     assert "".join(texts) == "ab\nUx"
+
+
+def test_log_prob_entries_go_with_the_text_they_complete(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))
+    enc = [[t] for t in tok.encode("ab\nUx\nUser: no", add_special_tokens=False)]
+    steps = _drive(tok, enc, stop=["\nUser:"], logprobs=1)
+    texts = [e for step in steps for e in step if e[0] == "text"]
+    for _, _, delta, entries in texts:  # each chunk's entries are exactly its text's tokens
+        assert "".join(e.token for e in entries) == delta
+    entries = [e for *_, es in texts for e in es]
+    assert [e.logprob for e in entries] == [-1, -2, -3, -4, -5] and all(len(e.top) == 1 for e in entries)
+    (done,) = [e[2] for step in steps for e in step if e[0] == "done"]
+    assert done.text == "ab\nUx" and done.logprobs == [-1, -2, -3, -4, -5]  # what the store keeps
+    assert done.token_ids == tok.encode("ab\nUx", add_special_tokens=False)
+    no = _drive(tok, enc, stop=["\nUser:"])
+    assert all(e[3] is None for step in no for e in step if e[0] == "text")  # not asked for: no entries
+    assert [e[2] for step in no for e in step if e[0] == "done"][0].logprobs is None  # none reported
 
 
 def test_half_a_character_is_held_back():
@@ -228,7 +247,8 @@ def test_the_engine_reports_each_step_of_every_row(tiny_model_dir, temperature):
     engine = HFEngine(load_policy(str(tiny_model_dir)), load_tokenizer(str(tiny_model_dir)), batch_size=4)
     seen: dict[int, list[int]] = {}
 
-    def on_tokens(rows, ids):
+    def on_tokens(rows, ids, lps):
+        assert lps is None  # none asked for
         for row, token in zip(rows, ids, strict=True):
             seen.setdefault(row, []).append(token)
 
