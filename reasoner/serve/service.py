@@ -6,6 +6,7 @@ Routes (reasoner.serve.app) validate and translate; this module holds the logic;
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import threading
@@ -32,7 +33,13 @@ class ServiceError(Exception):
 
 @dataclass
 class Policy:
-    """One loaded policy version."""
+    """One loaded policy version.
+
+    ``tokenizer`` belongs to the generate thread (the engine pads batches with it, the batcher and the streams
+    decode with it); ``loop_tokenizer`` is the event loop's own copy (chat templates, prompt-length checks). A fast
+    tokenizer's padding and truncation settings are state its calls share: one thread's single-text call turns
+    padding off under another thread's batch, whose rows then come back of unequal lengths (issue 32).
+    """
 
     name: str
     path: str
@@ -40,6 +47,11 @@ class Policy:
     tokenizer: object
     engine: object
     max_positions: int | None
+    loop_tokenizer: object = None  # None: a deep copy of ``tokenizer``
+
+    def __post_init__(self):
+        if self.loop_tokenizer is None:
+            self.loop_tokenizer = copy.deepcopy(self.tokenizer)
 
 
 def load_policy_version(name: str, path: str, dtype: str = "auto", max_batch: int = 64) -> Policy:
@@ -158,7 +170,7 @@ class ServeService:
             )
 
     def render_chat(self, messages: list[dict]) -> str:
-        tok = self.policy.tokenizer
+        tok = self.policy.loop_tokenizer
         if not getattr(tok, "chat_template", None):
             raise ServiceError(400, "this model has no chat template: use /v1/completions", "messages")
         return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -189,9 +201,9 @@ class ServeService:
 
     def _check_length(self, prompts: list[str], params: SamplingParams, param: str) -> list[int]:
         """Each prompt's token count, checked against the model's positions."""
-        limit, counts = self.policy.max_positions, []
+        limit, counts, tok = self.policy.max_positions, [], self.policy.loop_tokenizer
         for p in prompts:
-            n = len(self.policy.tokenizer(p, add_special_tokens=False)["input_ids"])
+            n = len(tok(p, add_special_tokens=False)["input_ids"])
             if n == 0:
                 raise ServiceError(400, f"{param}: the prompt has no tokens", param)
             if limit is not None and n + params.max_new_tokens > limit:
