@@ -10,6 +10,8 @@ taken from the logits it was sampled from, to the callback and to the rollouts.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -69,6 +71,119 @@ class HFEngine:
             out += self._generate(prompts[start : start + per_call], params, start, generator, on_tokens)
         return out
 
+    @torch.no_grad()
+    def generate_mixed(
+        self, requests: Sequence[tuple[str, SamplingParams]], on_tokens: TokenCallback | None = None
+    ) -> list[list[Rollout]]:
+        """Requests with settings of their own (``n``, temperature, top-p, ``max_new_tokens``, seed, log-probs)
+        decoded in shared batches: ``result[i]`` holds request ``i``'s ``n`` rollouts, each at most its ``max_new_tokens``.
+        ``on_tokens`` numbers rows over all the requests' rollouts in order (request 0's n, then request 1's).
+
+        A seeded request's rollouts depend on its prompt, settings and seed alone, not on the requests beside it:
+        each of its samples draws from a generator of its own, seeded from the request's seed
+        (reasoner.rollout.sampler.RowSampling). A greedy request decodes once and copies its answer ``n`` times;
+        the others decode in units of ``g`` samples per prompt copy, ``g`` the gcd of their ``n``.
+        The ``generate`` sampler has no per-row settings: it runs each group of equal settings on its own."""
+        if self.sampler != "fast":
+            return self._generate_grouped(requests, on_tokens)
+        from reasoner.rollout.sampler import RowSampling
+
+        decoded = [1 if p.temperature == 0 else p.n for _, p in requests]  # samples each request decodes
+        g = math.gcd(*decoded) if decoded else 1
+        # each unit: g samples of one request's prompt, as (request, its first sample)
+        units = [(i, c * g) for i, d in enumerate(decoded) for c in range(d // g)]
+        first = list(itertools.accumulate((p.n for _, p in requests), initial=0))  # output row of rollout 0
+        generators = [_sample_generators(p.seed, d) for (_, p), d in zip(requests, decoded, strict=True)]
+        out: list[list[Rollout]] = [[] for _ in requests]
+        tok, model = self.tokenizer, self.model
+        per_call = max(1, self.batch_size // g)
+        k_top = max((p.logprobs for _, p in requests if p.logprobs is not None), default=None)
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(units), per_call):
+                chunk = units[start : start + per_call]
+                # each decode row's request and sample
+                rows = [(i, k + j) for i, k in chunk for j in range(g)]
+                params = [requests[i][1] for i, _ in rows]
+                targets = [  # each decode row's output rows (a greedy request's n copies share one row)
+                    [first[i] + k] if decoded[i] == requests[i][1].n else list(range(first[i], first[i + 1]))
+                    for i, k in rows
+                ]
+                per_row = RowSampling(
+                    temperature=torch.tensor([p.temperature for p in params], dtype=torch.float32),
+                    top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32),
+                    generators=[generators[i][k] for i, k in rows],
+                    max_new_tokens=torch.tensor([p.max_new_tokens for p in params]),
+                )
+                got: list[list[tuple[float, list[tuple[int, float]]]]] = [
+                    [] for _ in rows
+                ]  # log-probs per row
+                step = None
+                if on_tokens is not None or k_top is not None:
+
+                    def step(decode_rows, ids, lps, targets=targets, got=got):
+                        if lps is not None:
+                            for j, r in enumerate(decode_rows):
+                                top = list(zip(lps.top_ids[j], lps.top_logprobs[j], strict=True))
+                                got[r].append((lps.sampled[j], top))
+                        if on_tokens is None:
+                            return
+                        which = [(j, o) for j, r in enumerate(decode_rows) for o in targets[r]]
+                        picked = None if lps is None else StepLogprobs(
+                            *([column[j] for j, _ in which] for column in (lps.sampled, lps.top_ids, lps.top_logprobs))
+                        )  # fmt: skip
+                        on_tokens([o for _, o in which], [ids[j] for j, _ in which], picked)
+
+                enc = tok([requests[i][0] for i, _ in chunk], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)  # fmt: skip
+                completions = self._fast(
+                    model, enc["input_ids"], enc["attention_mask"], n=g,
+                    max_new_tokens=int(per_row.max_new_tokens.max()), temperature=1.0, top_p=1.0,
+                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, on_step=step, rows=per_row,
+                    logprobs=k_top,
+                )  # fmt: skip
+                masks = enc["attention_mask"].tolist()
+                for r, ((i, _), row) in enumerate(zip(rows, completions.tolist(), strict=True)):
+                    row = row[: params[r].max_new_tokens]
+                    if tok.eos_token_id in row:
+                        completion, finish = row[: row.index(tok.eos_token_id) + 1], "stop"
+                    else:
+                        completion, finish = row, "length"
+                    ids = enc["input_ids"][r // g].tolist()
+                    prompt_ids = [t for t, m in zip(ids, masks[r // g], strict=True) if m]
+                    text = tok.decode(completion, skip_special_tokens=True)
+                    steps = got[r][: len(completion)] if k_top is not None else None
+                    lps = None if steps is None else [lp for lp, _ in steps]
+                    tops = None if steps is None else [top for _, top in steps]
+                    out[i] += [
+                        Rollout(i, prompt_ids, list(completion), text, finish, lps, tops) for _ in targets[r]
+                    ]
+        finally:
+            model.train(was_training)
+        return out
+
+    def _generate_grouped(
+        self, requests: Sequence[tuple[str, SamplingParams]], on_tokens: TokenCallback | None
+    ) -> list[list[Rollout]]:
+        """``generate_mixed`` one ``generate`` call per group of requests with equal settings."""
+        first = list(itertools.accumulate((p.n for _, p in requests), initial=0))
+        groups: dict[SamplingParams, list[int]] = {}
+        for i, (_, p) in enumerate(requests):
+            groups.setdefault(p, []).append(i)
+        out: list[list[Rollout]] = [[] for _ in requests]
+        for params, members in groups.items():
+            step = None
+            if on_tokens is not None:
+
+                def step(rows, ids, lps, members=members, n=params.n):
+                    on_tokens([first[members[r // n]] + r % n for r in rows], ids, lps)
+
+            rollouts = self.generate([requests[i][0] for i in members], params, step)
+            for j, i in enumerate(members):
+                out[i] = [replace(r, prompt_index=i) for r in rollouts[j * params.n : (j + 1) * params.n]]
+        return out
+
     def _generate(
         self,
         prompts: list[str],
@@ -87,10 +202,10 @@ class HFEngine:
             report = step
 
             def step(rows, ids, lps):
-                for row, lp, top_ids, top_lps in zip(
-                    rows, lps.sampled, lps.top_ids, lps.top_logprobs, strict=True
-                ):
-                    got[row].append((lp, list(zip(top_ids, top_lps, strict=True)) if top_ids else []))
+                for j, row in enumerate(rows):
+                    got[row].append(
+                        (lps.sampled[j], list(zip(lps.top_ids[j], lps.top_logprobs[j], strict=True)))
+                    )
                 if report is not None:
                     report(rows, ids, lps)
 
@@ -159,6 +274,17 @@ class HFEngine:
 
     def wake_up(self) -> None:
         pass
+
+
+def _sample_generators(seed: int | None, samples: int) -> list[torch.Generator]:
+    """One CPU generator per sample of a request: seeded from the request's seed, or from the OS when it has none."""
+    if seed is None:
+        generators = [torch.Generator() for _ in range(samples)]
+        for g in generators:
+            g.seed()
+        return generators
+    seeds = torch.randint(0, 2**62, (samples,), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [torch.Generator().manual_seed(s) for s in seeds]
 
 
 def _offset_rows(on_tokens: TokenCallback, first_row: int) -> TokenCallback:

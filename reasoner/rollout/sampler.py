@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -56,16 +57,22 @@ def prefill_once_sample(
     on_step: Callable[[list[int], list[int], StepLogprobs | None], None] | None = None,
     lean: bool | None = None,  # None: reasoner.rollout.lean's decode step wherever it runs the model
     logprobs: int | None = None,  # k: each step's log-probs (the sampled token's and the top k) go to on_step
+    # each row's own settings (then temperature, top_p and generator are unused)
+    rows: RowSampling | None = None,
 ) -> torch.Tensor:
     """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS.
 
     ``on_step(rows, ids, logprobs)``, when given, receives each step's token of every row still in the batch
     (output row indices; a finished row gets padding until it is dropped) and, with ``logprobs=k``, their
-    log-probs from the logits they were sampled from (:func:`step_logprobs`; None otherwise)."""
+    log-probs from the logits they were sampled from (:func:`step_logprobs`; None otherwise). With ``rows``, each
+    row samples with its own temperature, top-p and generator and ends at its own budget (padded after it, as
+    after an EOS)."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if logprobs is not None and on_step is None:
         raise ValueError("logprobs are reported through on_step: give on_step too")
+    if rows is not None:
+        rows.check(len(input_ids) * n, max_new_tokens)
     forward_args = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5.x
     last_only = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
@@ -110,7 +117,8 @@ def prefill_once_sample(
     ).repeat_interleave(n, dim=0)  # [B*n, L + T - 1]: column L + t is read from step t on
     width = input_ids.shape[1]
     position = positions[:, -1:].repeat_interleave(n, dim=0)  # [A, 1]
-    rows = torch.arange(logits.shape[0], device=logits.device)  # [A] the output row of each live row
+    per_row = rows  # each row's own settings, or None
+    rows = torch.arange(logits.shape[0], device=logits.device)  # [A] each live row's output row
     tokens = torch.full(
         (logits.shape[0], max_new_tokens), pad_token_id, dtype=torch.long, device=logits.device
     )
@@ -118,12 +126,18 @@ def prefill_once_sample(
     extra = {} if prefix is None else {"shared_prefix": prefix}
     with shared_prefix_attention_in(model) if prefix is not None else nullcontext():
         for t in range(max_new_tokens):
-            nxt = pick(logits, temperature, top_p, generator)  # [A]
+            if per_row is None:
+                nxt = pick(logits, temperature, top_p, generator)  # [A]
+            else:
+                nxt = per_row.pick(logits, rows)  # [A]
             tokens[rows, t] = torch.where(live, nxt, pad_token_id)
             if on_step is not None:
-                lps = None if logprobs is None else step_logprobs(logits, nxt, temperature, logprobs)
+                heat = temperature if per_row is None else per_row.temperature.to(rows.device)[rows]  # [A]
+                lps = None if logprobs is None else step_logprobs(logits, nxt, heat, logprobs)
                 on_step(rows.tolist(), tokens[rows, t].tolist(), lps)
             live = live & (nxt != eos_token_id)
+            if per_row is not None:  # a row's own budget ends it as an EOS would
+                live = live & (per_row.max_new_tokens.to(rows.device)[rows] > t + 1)
             if t == max_new_tokens - 1:
                 break
             units = live.view(-1, unit).any(1)  # [A / unit] units with a row still decoding
@@ -193,6 +207,66 @@ def pick(
         drop[:, -1] = False
         scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+@dataclass
+class RowSampling:
+    """Each decode row's own sampling settings, so that requests with different ones share one decode.
+
+    A row's tokens depend only on its prompt, its settings and its own generator's stream: it draws one uniform
+    number per step from its generator whatever else is in the batch, and samples by inverting its own
+    cumulative distribution. (The shared-settings path keeps ``torch.multinomial`` on one generator: the
+    trainer's samples for a seed stay what they were.)"""
+
+    temperature: torch.Tensor  # [R] 0 = greedy
+    top_p: torch.Tensor  # [R]
+    generators: list[torch.Generator]  # [R] CPU generators, one per row
+    max_new_tokens: torch.Tensor  # [R] long: the row ends after this many tokens
+
+    def check(self, rows: int, max_new_tokens: int) -> None:
+        sizes = {len(self.temperature), len(self.top_p), len(self.generators), len(self.max_new_tokens)}
+        if sizes != {rows}:
+            raise ValueError(
+                f"RowSampling needs one entry per decode row ({rows}); got lengths {sorted(sizes)}"
+            )
+        if int(self.max_new_tokens.max()) > max_new_tokens or int(self.max_new_tokens.min()) < 1:
+            raise ValueError(
+                f"RowSampling.max_new_tokens must be in 1..{max_new_tokens} (the batch's budget)"
+            )
+
+    def pick(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """One token for each of ``logits [A, V]``'s rows, whose output rows are ``rows [A]``."""
+        index = rows.tolist()
+        uniform = torch.cat([torch.rand(1, generator=self.generators[r], dtype=torch.float64) for r in index])
+        device = logits.device
+        return pick_rows(
+            logits, self.temperature.to(device)[rows], self.top_p.to(device)[rows], uniform.to(device)
+        )
+
+
+def pick_rows(
+    logits: torch.Tensor,  # [A, V]
+    temperature: torch.Tensor,  # [A] 0 = greedy
+    top_p: torch.Tensor,  # [A]
+    uniform: torch.Tensor,  # [A] float64 draws in [0, 1), one per row
+) -> torch.Tensor:
+    """``pick`` with each row's own temperature and top-p, sampling by inverse CDF from ``uniform``: the first
+    token, in vocabulary order, whose cumulative probability exceeds ``uniform * total``, over the tokens ``pick``
+    keeps (the top-p nucleus). The order is the same whatever the other rows' settings, so a row's token depends
+    only on its own logits, settings and draw."""
+    greedy = temperature == 0  # [A]
+    scores = logits.float() / torch.where(greedy, 1.0, temperature).to(logits.dtype)[:, None]  # [A, V]
+    probs = scores.softmax(-1)  # [A, V]
+    if bool((top_p < 1).any()):  # a row with top_p 1 drops only tokens without mass
+        sorted_probs, order = probs.sort(dim=-1)  # ascending
+        drop = sorted_probs.cumsum(-1) <= (1 - top_p)[:, None]
+        drop[:, -1] = False  # the most likely token always stays
+        probs = probs.masked_fill(drop.scatter(1, order, drop), 0.0)
+    cdf = probs.double().cumsum(-1)  # [A, V]
+    index = (cdf <= (uniform * cdf[:, -1])[:, None]).sum(-1)  # [A]
+    last = probs.shape[1] - 1 - (probs.flip(-1) > 0).int().argmax(-1)  # [A] the last token with mass
+    index = torch.minimum(index, last)  # rounding at the top end never lands on a token without mass
+    return torch.where(greedy, logits.argmax(-1), index)
 
 
 def preallocate(cache, n: int, extra: int) -> None:
