@@ -2,11 +2,13 @@
 
 Requests wait in an asyncio queue; the batch loop takes the first, then whatever else arrives within
 ``window_s`` (up to ``max_batch`` sequences; longer, up to ``MAX_WAIT_S``, while it holds fewer than the last batch
-did: those clients are on their way back), groups them by the sampling settings one ``generate`` call can
-share (n, temperature, top_p, seed), and runs each group in one call on a single worker thread (torch runs one
-generate at a time; the event loop stays free for other requests and feedback). Each group asks for the largest
-``max_tokens`` among its requests and every request's completions are cut back to its own ``max_tokens`` and
-``stop`` strings afterwards. While a batch runs, new requests queue up and form the next batch.
+did: those clients are on their way back), and decodes them together in one ``generate_mixed`` call on a single
+worker thread (torch runs one generate at a time; the event loop stays free for other requests and feedback).
+Requests with different ``n``, temperature, top_p, ``max_tokens`` and seed share the batch: every row samples with
+its own settings and generator and leaves the batch at its own EOS or budget, so a seeded request's answer is the
+one it gets alone (reasoner.rollout.hf.HFEngine.generate_mixed). ``stop`` strings are applied afterwards. An
+engine without ``generate_mixed`` gets one ``generate`` call per group of equal settings. While a batch runs, new
+requests queue up and form the next batch.
 
 A streaming request (``stream``) joins the same batches; its rows' tokens go to its ``TokenStream`` at each
 decoding step of the shared call (reasoner.serve.decode), so its text flows while the batch decodes and its
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reasoner.rollout.base import SamplingParams
 from reasoner.serve.decode import Choice, Sampled, TokenStream, cut
@@ -137,8 +139,9 @@ class Batcher:
             expected, started = sum(i.sequences for i in batch), loop.time()
             policy = self.policy()  # one version per batch: a hot swap applies from the next batch on
             groups: dict[tuple, list[_Item]] = {}
+            mixed = hasattr(policy.engine, "generate_mixed")
             for item in batch:
-                groups.setdefault(item.key, []).append(item)
+                groups.setdefault(() if mixed else item.key, []).append(item)
             for items in groups.values():
                 items = [i for i in items if not i.gone]
                 if not items:
@@ -155,24 +158,19 @@ class Batcher:
 
     def _run_group(self, policy, items: list[_Item]) -> list[Generated]:
         self.calls += 1
-        prompts = [p for i in items for p in i.prompts]
-        budget = max(i.params.max_new_tokens for i in items)
-        params = SamplingParams(
-            n=items[0].params.n,
-            temperature=items[0].params.temperature,
-            top_p=items[0].params.top_p,
-            max_new_tokens=budget,
-            seed=items[0].params.seed,
-            logprobs=max(i.params.logprobs or 0 for i in items),
-        )
-        tok, n = policy.tokenizer, params.n
+        tok = policy.tokenizer
+        # every call computes the sampled tokens' log-probs (the store keeps the behaviour policy's); a request's
+        # own top-k (logprobs) only sets what its response reports
+        requests = [(p, replace(i.params, logprobs=i.params.logprobs or 0)) for i in items for p in i.prompts]
         streams = [i.stream for i in items if i.stream is not None]
         on_tokens = None
         if streams:
             owners: list[tuple[TokenStream, int] | None] = []  # each output row's stream and choice
             for i in items:
                 owners += [
-                    (i.stream, k) if i.stream is not None else None for _ in i.prompts for k in range(n)
+                    (i.stream, k) if i.stream is not None else None
+                    for _ in i.prompts
+                    for k in range(i.params.n)
                 ]
             for stream in streams:
                 stream.begin(policy.name, tok)
@@ -189,15 +187,23 @@ class Batcher:
                 for stream in streams:
                     stream.flush()
 
-        # prompt-major: n per prompt; only a streaming batch needs an engine that reports each step
-        rollouts = policy.engine.generate(prompts, params, **({"on_tokens": on_tokens} if streams else {}))
+        step = {"on_tokens": on_tokens} if streams else {}  # only a streaming batch needs each step reported
+        if hasattr(policy.engine, "generate_mixed"):
+            rollouts = policy.engine.generate_mixed(requests, **step)  # [request][n]
+        else:  # one call for requests of equal settings: the batch loop grouped them by key
+            params = replace(
+                items[0].params,
+                max_new_tokens=max(p.max_new_tokens for _, p in requests),
+                logprobs=max(p.logprobs for _, p in requests),
+            )
+            flat = policy.engine.generate([p for p, _ in requests], params, **step)  # prompt-major
+            rollouts = [flat[j * params.n : (j + 1) * params.n] for j in range(len(requests))]
         for stream in streams:
             stream.end()
         out, start = [], 0
         for item in items:
-            k = len(item.prompts)
-            mine = rollouts[start * n : (start + k) * n]
-            start += k
+            mine = rollouts[start : start + len(item.prompts)]
+            start += len(item.prompts)
             choices = [
                 [
                     cut(
@@ -212,9 +218,9 @@ class Batcher:
                         if r.logprobs is None
                         else Sampled(r.logprobs, r.top_logprobs, item.params.logprobs),
                     )
-                    for r in mine[j * n : (j + 1) * n]
+                    for r in prompt
                 ]
-                for j in range(k)
+                for prompt in mine
             ]
-            out.append(Generated(policy.name, [len(mine[j * n].prompt_ids) for j in range(k)], choices))
+            out.append(Generated(policy.name, [len(prompt[0].prompt_ids) for prompt in mine], choices))
         return out

@@ -61,11 +61,11 @@ def test_chunks_arrive_while_the_completion_is_being_generated(server, oai):
     ended: list[float] = []
 
     def timed(*args, **kwargs):  # the real engine, noting when its generate call returns
-        out = type(engine).generate(engine, *args, **kwargs)
+        out = type(engine).generate_mixed(engine, *args, **kwargs)
         ended.append(time.perf_counter())
         return out
 
-    engine.generate = timed
+    engine.generate_mixed = timed
     try:
         arrivals = [
             time.perf_counter()
@@ -75,7 +75,7 @@ def test_chunks_arrive_while_the_completion_is_being_generated(server, oai):
             if chunk.choices and chunk.choices[0].delta.content
         ]
     finally:
-        del engine.generate
+        del engine.generate_mixed
     assert len(ended) == 1 and len(arrivals) > 20
     early = sum(t < ended[0] for t in arrivals)
     assert early >= 10, f"{early} of {len(arrivals)} content chunks arrived before generation ended"
@@ -161,12 +161,12 @@ def test_a_failed_generate_ends_the_stream_with_an_error_event(server, oai):
     def broken(*args, **kwargs):  # the engine failing mid-batch, e.g. out of memory
         raise RuntimeError("CUDA out of memory")
 
-    engine.generate = broken
+    engine.generate_mixed = broken
     try:
         with pytest.raises(openai.APIError, match="out of memory"):
             list(oai.chat.completions.create(model="reasoner", messages=CHAT, max_tokens=5, stream=True))
     finally:
-        del engine.generate
+        del engine.generate_mixed
     assert oai.chat.completions.create(model="reasoner", messages=CHAT, max_tokens=5).choices  # it goes on
 
 
