@@ -16,6 +16,12 @@ posts/s on a shared machine), and the count of stored rows must equal the count 
 Last, one long greedy chat request (``--stream-tokens``) streamed: when its first and last text arrive, against
 the same request answered whole. The 1-minute load average at the start and the end goes into the results.
 Targets: batched throughput at 32 clients >= 4x one-at-a-time; >= 500 feedback posts/s.
+
+    python benchmarks/serve.py --seeded-only [--out benchmarks/results/serve_seeded.json]
+
+Seeded traffic (issue 32: the batch key held the seed, so such requests never shared a decode), on the batched
+server: 1 and 32 clients, each client sending its own ``seed``; then 32 clients that also differ in ``n``
+(1 or 2), temperature, top_p and ``max_tokens``. Target: 32 seeded clients >= 4x one seeded client's requests/s.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -141,17 +148,19 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drive(url: str, clients: int, requests: int, body: dict) -> dict:
-    """``requests`` chat requests from ``clients`` concurrent connections; throughput and latency."""
+def drive(url: str, clients: int, requests: int, body: dict | Callable[[int], dict]) -> dict:
+    """``requests`` chat requests from ``clients`` concurrent connections; throughput and latency. ``body``
+    may be a function of the client's index (its own seed, its own settings)."""
     latencies: list[float] = []
     errors: list[str] = []
     todo = iter(range(requests))
 
-    async def client(_i):
+    async def client(i):
         conn = await Connection.open(url)
+        mine = body(i) if callable(body) else body
         while next(todo, None) is not None:
             t0 = time.perf_counter()
-            status, data = await conn.post("/v1/chat/completions", body)
+            status, data = await conn.post("/v1/chat/completions", mine)
             (latencies.append(time.perf_counter() - t0) if status == 200 else errors.append(str(data)[:200]))
         await conn.close()
 
@@ -235,6 +244,31 @@ def streaming(url: str, max_tokens: int) -> dict:
     }
 
 
+def seeded(url: str, body: dict, clients: int, per_client: int, repeats: int) -> dict:
+    """Seeded traffic on the batched server: one client, ``clients`` clients each with its own seed, and
+    ``clients`` clients that also differ in n, temperature, top_p and max_tokens (the median of ``repeats``)."""
+
+    def own_seed(i: int) -> dict:
+        return {**body, "seed": 1000 + i}
+
+    def own_settings(i: int) -> dict:
+        return {**own_seed(i), "n": 1 + i % 2, "temperature": [1.0, 0.7, 0.9][i % 3],
+                "top_p": [1.0, 0.9][i % 2], "max_tokens": max(1, body["max_tokens"] - 4 * (i % 4))}  # fmt: skip
+
+    out: dict = {}
+    for name, count, make in [("one_client", 1, own_seed), ("own_seeds", clients, own_seed),
+                              ("own_seeds_and_settings", clients, own_settings)]:  # fmt: skip
+        runs = [drive(url, count, count * per_client, make) for _ in range(repeats)]
+        row = sorted(runs, key=lambda r: r["req_per_s"])[len(runs) // 2]
+        row["runs_req_per_s"] = [r["req_per_s"] for r in runs]
+        out[name] = row
+        print(json.dumps({"seeded": name, **row}), flush=True)
+    one = out["one_client"]["req_per_s"]
+    out["speedup_own_seeds"] = round(out["own_seeds"]["req_per_s"] / one, 2)
+    out["speedup_own_seeds_and_settings"] = round(out["own_seeds_and_settings"]["req_per_s"] / one, 2)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", help="policy directory (default: build the tiny model in a temp dir)")
@@ -250,7 +284,12 @@ def main() -> int:
     ap.add_argument(
         "--feedback-only", action="store_true", help="only the feedback writers, printed (no results file)"
     )
+    ap.add_argument(
+        "--seeded-only", action="store_true", help="only the seeded-traffic measurement (batched server)"
+    )
     args = ap.parse_args()
+    if args.seeded_only and args.out == ap.get_default("out"):
+        args.out = str(ROOT / "benchmarks" / "results" / "serve_seeded.json")
     tmp = Path(tempfile.mkdtemp(prefix="reasoner-bench-serve-"))
     model = args.model
     if model is None:
@@ -258,6 +297,7 @@ def main() -> int:
 
         model = str(build_tiny_model(tmp / "tiny-model"))
     levels = [int(x) for x in args.levels.split(",")]
+    top_clients = levels[-1]
     body = {"model": "reasoner", "messages": CHAT, "max_tokens": args.max_tokens, "temperature": 1.0}
     common = [
         f"serve.cpu_threads={args.threads}",
@@ -275,6 +315,8 @@ def main() -> int:
     }
     with open(tmp / "serve.log", "w") as log:
         servers = [("one_at_a_time", ["serve.max_batch=1"]), ("batched", [])]
+        if args.seeded_only:
+            return seeded_only(model, tmp, common, log, body, levels[-1], args, result)
         for name, extra in servers[1:] if args.feedback_only else servers:
             proc, url = start(model, tmp / f"{name}.db", common + extra, log)
             try:
@@ -302,6 +344,7 @@ def main() -> int:
                     result["feedback"]["lost_in_any_run"] = sum(r["lost"] + r["failed"] for r in runs)
                     print(json.dumps({"feedback": result["feedback"]}), flush=True)
                 if name == "batched" and not args.feedback_only:
+                    result["seeded"] = seeded(url, body, top_clients, args.requests_per_client, args.repeats)
                     runs = [streaming(url, args.stream_tokens) for _ in range(args.repeats)]
                     result["streaming"] = sorted(runs, key=lambda r: r["stream_first_text_s"])[len(runs) // 2]
                     print(json.dumps({"streaming": result["streaming"]}), flush=True)
@@ -320,6 +363,7 @@ def main() -> int:
     result["speedup_vs_best_one_at_a_time"] = round(batched / best, 2)
     result["targets"] = {
         f"batched_vs_one_at_a_time_at_{top}_clients>=4": result["speedup_at_max_clients"] >= 4,
+        f"seeded_{top}_clients_vs_one>=4": result["seeded"]["speedup_own_seeds"] >= 4,
         "feedback_posts_per_s>=500": fb["posts_per_s"] >= 500,
         "feedback_zero_lost": fb["lost_in_any_run"] == 0,
     }
@@ -338,6 +382,22 @@ def main() -> int:
         )
     )
     return 0 if fb["lost_in_any_run"] == 0 else 1
+
+
+def seeded_only(model: str, tmp: Path, common: list[str], log, body: dict, clients: int, args, result) -> int:
+    proc, url = start(model, tmp / "seeded.db", common, log)
+    try:
+        drive(url, 2, 4, body)  # warm-up
+        result["seeded"] = seeded(url, body, clients, args.requests_per_client, args.repeats)
+    finally:
+        stop(proc)
+    result["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
+    result["targets"] = {f"seeded_{clients}_clients_vs_one>=4": result["seeded"]["speedup_own_seeds"] >= 4}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({"seeded": {k: v for k, v in result["seeded"].items() if k.startswith("speedup")},
+                      "targets": result["targets"], "out": args.out}))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
