@@ -20,7 +20,8 @@ Targets: batched throughput at 32 clients >= 4x one-at-a-time; >= 500 feedback p
     python benchmarks/serve.py --seeded-only [--out benchmarks/results/serve_seeded.json]
 
 Seeded traffic (issue 32: the batch key held the seed, so such requests never shared a decode), on the batched
-server: 1 and 32 clients, each client sending its own ``seed``; then 32 clients that also differ in ``n``
+server: 1 and 32 clients, each request with a seed of its own (the one client sends as many requests as the 32
+together, whose answers end at different lengths); then 32 clients that also differ in ``n``
 (1 or 2), temperature, top_p and ``max_tokens``. Target: 32 seeded clients >= 4x one seeded client's requests/s.
 """
 
@@ -150,18 +151,19 @@ def process_cpu_s(pid: int) -> float:
 
 def drive(url: str, clients: int, requests: int, body: dict | Callable[[int], dict]) -> dict:
     """``requests`` chat requests from ``clients`` concurrent connections; throughput and latency. ``body``
-    may be a function of the client's index (its own seed, its own settings)."""
+    may be a function ``body(client, request)`` (a client's own seeds, its own settings)."""
     latencies: list[float] = []
     errors: list[str] = []
+    tokens = [0]
     todo = iter(range(requests))
 
     async def client(i):
         conn = await Connection.open(url)
-        mine = body(i) if callable(body) else body
-        while next(todo, None) is not None:
+        for k in iter(lambda: next(todo, None), None):
             t0 = time.perf_counter()
-            status, data = await conn.post("/v1/chat/completions", mine)
+            status, data = await conn.post("/v1/chat/completions", body(i, k) if callable(body) else body)
             (latencies.append(time.perf_counter() - t0) if status == 200 else errors.append(str(data)[:200]))
+            tokens[0] += data["usage"]["completion_tokens"] if status == 200 else 0
         await conn.close()
 
     wall, _ = run_clients(client, clients)
@@ -171,6 +173,7 @@ def drive(url: str, clients: int, requests: int, body: dict | Callable[[int], di
         "clients": clients,
         "requests": requests,
         "req_per_s": round(requests / wall, 2),
+        "completion_tokens_per_s": round(tokens[0] / wall, 1),
         "p50_s": round(percentile(latencies, 0.5), 4),
         "p99_s": round(percentile(latencies, 0.99), 4),
         "wall_s": round(wall, 2),
@@ -248,17 +251,18 @@ def seeded(url: str, body: dict, clients: int, per_client: int, repeats: int) ->
     """Seeded traffic on the batched server: one client, ``clients`` clients each with its own seed, and
     ``clients`` clients that also differ in n, temperature, top_p and max_tokens (the median of ``repeats``)."""
 
-    def own_seed(i: int) -> dict:
-        return {**body, "seed": 1000 + i}
+    def own_seed(i: int, k: int) -> dict:  # client i's request k: a seed no other request uses
+        return {**body, "seed": 100_000 * (i + 1) + k}
 
-    def own_settings(i: int) -> dict:
-        return {**own_seed(i), "n": 1 + i % 2, "temperature": [1.0, 0.7, 0.9][i % 3],
+    def own_settings(i: int, k: int) -> dict:
+        return {**own_seed(i, k), "n": 1 + i % 2, "temperature": [1.0, 0.7, 0.9][i % 3],
                 "top_p": [1.0, 0.9][i % 2], "max_tokens": max(1, body["max_tokens"] - 4 * (i % 4))}  # fmt: skip
 
     out: dict = {}
     for name, count, make in [("one_client", 1, own_seed), ("own_seeds", clients, own_seed),
                               ("own_seeds_and_settings", clients, own_settings)]:  # fmt: skip
-        runs = [drive(url, count, count * per_client, make) for _ in range(repeats)]
+        # one client sends as many requests as the 32 together: answers end at EOS at different lengths
+        runs = [drive(url, count, clients * per_client, make) for _ in range(repeats)]
         row = sorted(runs, key=lambda r: r["req_per_s"])[len(runs) // 2]
         row["runs_req_per_s"] = [r["req_per_s"] for r in runs]
         out[name] = row

@@ -18,6 +18,10 @@ distribution (not the same random stream), reproducibly from a seed through its 
 leaving torch's global RNG alone. ``generate`` stays the reference (``rollout.sampler = "generate"``);
 tests/rollout/test_sampler.py checks the two agree.
 
+With ``rows`` (:class:`RowSampling`) every row has its own temperature, top-p, generator and budget, so requests
+with different settings share one decode (the server's batches, reasoner.rollout.hf.HFEngine.generate_mixed); a
+row's tokens then depend only on its prompt, settings and generator.
+
 For the model families it knows (Llama, Mistral, Qwen2/3 with plain projections), the decode step itself is
 reasoner.rollout.lean's: the same computation from the model's weights without transformers' per-step
 plumbing, with each prompt and its samples' tokens in one buffer and one fused attention call per layer (on the
