@@ -1,5 +1,7 @@
 // The reasoner web page: chat with thumbs, side-by-side compare, per-version stats.
-// Plain JS, no dependencies. Every piece of model output or user text goes through textContent, never HTML.
+// Plain JS, no dependencies. Every piece of model output or user text goes through textContent, never HTML:
+// answers are streamed (server-sent events read from fetch) and their ``` code blocks are built as <pre><code>
+// elements whose text is set as text.
 "use strict";
 
 const state = { messages: [], pair: null };
@@ -37,6 +39,82 @@ function newFeedbackKey() {
   return (crypto.randomUUID && crypto.randomUUID()) || String(Date.now()) + Math.random();
 }
 
+// --- answers: streamed, rendered with code blocks -------------------------------------------------------------
+// The text between ``` fences (an unclosed one runs to the end, as while it streams) becomes a code block, `x`
+// inline code, the rest stays text (white-space kept). Only DOM nodes with textContent: nothing is parsed as HTML.
+const FENCE = /```(?:([\w+#.-]+)?[ \t]*\n)?([\s\S]*?)(?:```|$)/g;
+
+function inline(parent, text) {
+  let last = 0;
+  for (const m of text.matchAll(/`([^`\n]+)`/g)) {
+    if (m.index > last) parent.appendChild(document.createTextNode(text.slice(last, m.index)));
+    parent.appendChild(el("code", "inline", m[1]));
+    last = m.index + m[0].length;
+    if (text[last] === "\n") last += 1;  // the line break after a closing fence: the block ends the line
+  }
+  if (last < text.length) parent.appendChild(document.createTextNode(text.slice(last)));
+}
+
+function renderText(container, text) {
+  container.replaceChildren();
+  let last = 0;
+  for (const m of text.matchAll(FENCE)) {
+    if (m.index > last) inline(container.appendChild(el("span", "prose")), text.slice(last, m.index));
+    const block = el("pre", "code");
+    if (m[1]) block.appendChild(el("span", "lang", m[1]));
+    block.appendChild(el("code", "", m[2].replace(/\n$/, "")));
+    container.appendChild(block);
+    last = m.index + m[0].length;
+    if (text[last] === "\n") last += 1;  // the line break after a closing fence: the block ends the line
+  }
+  if (last < text.length) inline(container.appendChild(el("span", "prose")), text.slice(last));
+}
+
+// POST a chat request with stream: true; onText(index, textSoFar) at each delta. Resolves to
+// { id, model, texts, finish } when the stream ends ([DONE]); the completion is stored by then.
+async function streamChat(body, onText) {
+  const r = await fetch("/v1/chat/completions", { method: "POST", headers: headers(), body: JSON.stringify({ ...body, stream: true }) });
+  if (!r.ok) {
+    const data = await r.json().catch(() => ({}));
+    throw new Error((data.error && data.error.message) || r.status + " " + r.statusText);
+  }
+  const out = { id: null, model: null, texts: [], finish: [] };
+  const reader = r.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("the answer stream ended early");
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      for (const line of event.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return out;
+        const chunk = JSON.parse(data);
+        if (chunk.error) throw new Error(chunk.error.message);
+        out.id = chunk.id;
+        out.model = chunk.model;
+        for (const c of chunk.choices) {
+          const piece = c.delta && c.delta.content;
+          if (piece) {
+            out.texts[c.index] = (out.texts[c.index] || "") + piece;
+            onText(c.index, out.texts[c.index]);
+          }
+          if (c.finish_reason) out.finish[c.index] = c.finish_reason;
+        }
+      }
+    }
+  }
+}
+
+function pending(container, text) {
+  container.replaceChildren(el("span", "pending", text));
+}
+
 async function feedback(body) {
   // one Idempotency-Key per click: a retried post counts once
   const r = await fetch("/v1/feedback", { method: "POST", headers: { ...headers(), "Idempotency-Key": newFeedbackKey() }, body: JSON.stringify(body) });
@@ -54,12 +132,29 @@ function addUser(text) {
   $("messages").appendChild(m);
 }
 
-function addAssistant(text, ref, version) {
+// An assistant message that fills as its answer streams: { text (its text element), done(ref, version) }.
+function addAssistant() {
   const m = el("div", "msg assistant");
   const who = el("div", "who", "assistant ");
-  who.appendChild(el("span", "tag", version));
+  const tag = el("span", "tag", "…");
+  who.appendChild(tag);
   m.appendChild(who);
-  m.appendChild(el("pre", "text", text));
+  const text = el("div", "text");
+  pending(text, "thinking…");
+  m.appendChild(text);
+  $("messages").appendChild(m);
+  m.scrollIntoView({ block: "end" });
+  return {
+    text,
+    done(ref, version) {
+      tag.textContent = version;
+      addRating(m, ref);
+    },
+    remove() { m.remove(); },
+  };
+}
+
+function addRating(m, ref) {
   const bar = el("div", "rate");
   const up = el("button", "thumb-up", "▲ good");
   const down = el("button", "thumb-down", "▼ bad");
@@ -90,7 +185,6 @@ function addAssistant(text, ref, version) {
   down.addEventListener("click", () => rate(-1));
   bar.append(up, down, reason, comment);
   m.appendChild(bar);
-  $("messages").appendChild(m);
   m.scrollIntoView({ block: "end" });
 }
 
@@ -103,15 +197,18 @@ async function sendChat(ev) {
   state.messages.push({ role: "user", content: text });
   addUser(text);
   $("chat-send").disabled = true;
+  const msg = addAssistant();
   try {
-    const r = await api("/v1/chat/completions", { model: "reasoner", messages: state.messages, max_tokens: 64 });
-    const answer = r.choices[0].message.content;
+    const r = await streamChat({ model: "reasoner", messages: state.messages, max_tokens: 64 }, (_i, text) => renderText(msg.text, text));
+    const answer = r.texts[0] || "";
+    if (!answer) pending(msg.text, "(empty answer)");
     state.messages.push({ role: "assistant", content: answer });
-    addAssistant(answer, { completion_id: r.id, choice: 0 }, r.model);
+    msg.done({ completion_id: r.id, choice: 0 }, r.model);
     $("version").textContent = r.model;
     status("");
   } catch (e) {
     state.messages.pop();
+    msg.remove();
     status("No answer: " + e.message, true);
   } finally {
     $("chat-send").disabled = false;
@@ -124,16 +221,22 @@ async function sendCompare(ev) {
   const text = $("compare-input").value.trim();
   if (!text) return;
   $("compare-send").disabled = true;
+  state.pair = null;
+  const sides = [$("answer-a"), $("answer-b")];
+  for (const side of sides) pending(side, "generating…");
+  $("compare-pair").hidden = false;
+  $("compare-choices").hidden = true;
+  status("Generating two answers…");
   try {
-    const r = await api("/v1/chat/completions", { model: "reasoner", messages: [{ role: "user", content: text }], n: 2, max_tokens: 64 });
+    const r = await streamChat({ model: "reasoner", messages: [{ role: "user", content: text }], n: 2, max_tokens: 64 },
+      (i, soFar) => renderText(sides[i], soFar));
+    sides.forEach((side, i) => { if (!r.texts[i]) pending(side, "(empty answer)"); });
     state.pair = [0, 1].map((i) => ({ completion_id: r.id, choice: i }));
-    $("answer-a").textContent = r.choices[0].message.content;
-    $("answer-b").textContent = r.choices[1].message.content;
-    $("compare-pair").hidden = false;
     $("compare-choices").hidden = false;
     for (const b of $("compare-choices").querySelectorAll("button")) b.disabled = false;
     status("");
   } catch (e) {
+    $("compare-pair").hidden = true;
     status("No answers: " + e.message, true);
   } finally {
     $("compare-send").disabled = false;
