@@ -171,9 +171,9 @@ def test_chat_thumb_and_compare_choice_reach_the_store(server, browser):
     engine = svc.policy.engine
 
     def slow(requests, on_tokens=None):
-        def step(rows, ids):
+        def step(*args):
             time.sleep(0.04)
-            on_tokens(rows, ids)
+            on_tokens(*args)
 
         return type(engine).generate_mixed(engine, requests, step if on_tokens else None)
 
