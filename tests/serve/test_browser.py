@@ -151,6 +151,8 @@ def test_chat_thumb_and_compare_choice_reach_the_store(server, browser):
         lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant .thumb-up")[1].get_attribute("disabled")
     )
     assert assert_legible(browser, ".rate button.picked") == 2
+    if os.environ.get("REASONER_SCREENSHOT"):  # the conversation as the model answered it (README's picture)
+        browser.save_screenshot(os.environ["REASONER_SCREENSHOT"])
 
     # an answer with code, rendered by the page's own function: a code block, its HTML shown as text
     rendered = browser.execute_script(
@@ -164,8 +166,6 @@ def test_chat_thumb_and_compare_choice_reach_the_store(server, browser):
     assert code == "<img src=x onerror=\"document.title='pwned'\">\nprint(1 < 2)" and "mono" in font
     assert "```" not in text and "Use this:" in text and inline == 1 and tags == 0
     assert browser.title == "reasoner"
-    if os.environ.get("REASONER_SCREENSHOT"):
-        browser.save_screenshot(os.environ["REASONER_SCREENSHOT"])
 
     # Compare: each decoding step slowed so that two 64-token answers take seconds, as a real model's do
     engine = svc.policy.engine
