@@ -3,7 +3,8 @@
 The clients mix what made the server fail before: prompts of very different lengths (the generate thread pads a
 batch while the event loop counts a new request's prompt tokens), seeded and unseeded requests, ``n`` of 1 and 2,
 streaming and not, chat and text completions. Bounded: 16 clients, 10 requests each, small ``max_tokens``,
-localhost only.
+localhost only. Afterwards a few seeded requests answered during the load are sent again, alone: the same
+answers (a request's samples depend on its own seed, not on the batch it shared).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def test_concurrent_mixed_clients_all_get_200(load_server):
 
     _, handle = load_server
     failures: list[str] = []
+    seeded: list[tuple[str, dict, list]] = []  # seeded plain requests and their answers under load
     answered = [0]
     lock = threading.Lock()
 
@@ -76,9 +78,12 @@ def test_concurrent_mixed_clients_all_get_200(load_server):
             for _ in range(REQUESTS):
                 path, body = _request(rng)
                 try:
-                    problem = _check(c.post(path, json=body), body)
+                    response = c.post(path, json=body)
+                    problem = _check(response, body)
                 except httpx.HTTPError as e:
                     problem = f"{type(e).__name__}: {e}"
+                if problem is None and "seed" in body and not body["stream"]:
+                    seeded.append((path, body, _texts(response.json())))
                 with lock:
                     answered[0] += 1
                     if problem is not None:
@@ -92,3 +97,13 @@ def test_concurrent_mixed_clients_all_get_200(load_server):
     assert not any(t.is_alive() for t in threads), "clients still waiting after 600 s"
     assert answered[0] == CLIENTS * REQUESTS
     assert failures == [], f"{len(failures)} of {answered[0]} requests failed:\n" + "\n".join(failures[:10])
+
+    sampled = sorted((x for x in seeded if x[1]["temperature"] > 0), key=lambda x: -x[1]["max_tokens"])
+    assert len(sampled) >= 5
+    with httpx.Client(base_url=handle.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120) as c:
+        for path, body, texts in sampled[:5]:  # the longest sampled answers
+            assert _texts(c.post(path, json=body).json()) == texts, body
+
+
+def _texts(answer: dict) -> list[str]:
+    return [c["message"]["content"] if "message" in c else c["text"] for c in answer["choices"]]
