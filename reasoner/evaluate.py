@@ -70,7 +70,8 @@ class EvalReport:
             shown["unscored"] = self.metrics["unscored"]
         head = ["task", "examples", "samples/example", *shown]
         cells = [self.task, str(len(self.records)), str(self.n)]
-        cells += [f"{int(v)}" if k == "unscored" else f"{100 * v:.2f}%" for k, v in shown.items()]
+        cells += [f"{int(v)}" if k == "unscored" else f"{v:.2f}" if k.endswith("per_answer") else f"{100 * v:.2f}%"
+                  for k, v in shown.items()]  # fmt: skip
         return "\n".join(
             ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(cells) + " |"]
         )
@@ -84,12 +85,14 @@ def score_completions(
     k_values: Sequence[int] = (1,),
     progress: bool = False,
     reward: Callable | None = None,
+    unscorable: Sequence[Sequence[bool]] | None = None,
     **reward_kwargs,
 ) -> EvalReport:
     """Score ``completions[i]`` (the samples of ``examples[i]``) with the task's reward and build the report.
 
     ``reward``: the reward function; None = the task's registered reward. ``reward_kwargs`` go to the reward
-    function (e.g. ``partial=True`` for the code reward).
+    function (e.g. ``partial=True`` for the code reward). ``unscorable[i][j]``: sample j of example i cannot be
+    scored (its tool call hit a sandbox failure) whatever the reward says.
     """
     from reasoner.rewards import get_reward
 
@@ -115,6 +118,9 @@ def score_completions(
             )
         scores += out.scores
         bar.update(len(chunk))
+    if unscorable is not None:
+        flags = [bad for group in unscorable for bad in group]
+        scores = [None if bad else s for s, bad in zip(scores, flags, strict=True)]
     bar.close()
 
     records, pos = [], 0
@@ -153,8 +159,13 @@ def evaluate_model(
     batch_prompts: int = 64,
     reward: Callable | None = None,
 ) -> EvalReport:
-    """Generate ``n`` completions per example with ``engine`` (greedy when ``temperature == 0``) and score them."""
-    from reasoner.rollout.base import SamplingParams
+    """Generate ``n`` completions per example with ``engine`` (greedy when ``temperature == 0``) and score them.
+
+    With a tool engine (reasoner.rollout.tools) the reward scores the policy's own text, each record keeps the
+    whole ``transcripts`` (tool outputs included), and the metrics add ``tool_calls_per_answer`` and
+    ``tool_success_rate``."""
+    from reasoner.rollout.base import SamplingParams, reward_text
+    from reasoner.rollout.tools import tool_metrics
 
     if n > 1 and temperature == 0:
         raise ValueError(
@@ -162,6 +173,9 @@ def evaluate_model(
         )
     _check_k(k_values, n)
     completions: list[list[str]] = []
+    transcripts: list[list[str]] = []
+    unscorable: list[list[bool]] = []
+    every = []
     bar = _progress(total=len(examples), desc=f"generating {task.name}", enabled=progress)
     for chunk_no, start in enumerate(range(0, len(examples), batch_prompts)):
         chunk = examples[start : start + batch_prompts]
@@ -170,12 +184,27 @@ def evaluate_model(
         )
         rollouts = engine.generate([render(ex) for ex in chunk], params)
         groups: list[list[str]] = [[] for _ in chunk]
+        whole: list[list[str]] = [[] for _ in chunk]
+        bad: list[list[bool]] = [[] for _ in chunk]
         for r in rollouts:
-            groups[r.prompt_index].append(r.text)
+            groups[r.prompt_index].append(reward_text(r))
+            whole[r.prompt_index].append(r.text)
+            bad[r.prompt_index].append(r.tools is not None and r.tools.infra_error)
         completions += groups
+        transcripts += whole
+        unscorable += bad
+        every += rollouts
         bar.update(len(chunk))
     bar.close()
-    return score_completions(task, examples, completions, k_values=k_values, progress=progress, reward=reward)
+    report = score_completions(task, examples, completions, k_values=k_values, progress=progress, reward=reward,
+                               unscorable=unscorable)  # fmt: skip
+    if any(r.tools is not None for r in every):
+        tools = tool_metrics(every, prefix="")
+        report.metrics |= {"tool_calls_per_answer": tools["calls_per_answer"],
+                           "tool_success_rate": tools["success_rate"]}  # fmt: skip
+        for record, whole in zip(report.records, transcripts, strict=True):
+            record["transcripts"] = whole
+    return report
 
 
 def _check_k(k_values: Sequence[int], n: int) -> None:
