@@ -44,7 +44,7 @@ from reasoner.algo.passk import mean_pass_at_k
 from reasoner.data import DataError
 from reasoner.tasks.base import Example, Task
 
-EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "codegen", "dataset")
+EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "products", "codegen", "dataset")
 COUNT_KEYS = ("examples", "samples", "correct", "unscored")  # integer metrics, printed as counts
 SCORE_CHUNK = 256  # completions per reward call: bounds memory, drives the progress bar
 SCORE_METRIC = {"math": "accuracy", "code": "pass@1", "reward": "mean_reward"}  # a task kind's headline score
@@ -319,6 +319,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=int(os.environ.get("REASONER_SANDBOX_WORKERS", "4")))
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per program (code tasks)")
+    p.add_argument(
+        "--tools",
+        nargs="+",
+        default=[],
+        choices=["python"],
+        help="tools the model may call mid-answer (--model): its calls run in the sandbox (--backend) and their "
+        "output is appended before it goes on (reasoner.rollout.tools); needs --max-turns >= 2",
+    )
+    p.add_argument("--max-turns", type=int, default=1, help="generation turns per answer with --tools")
+    p.add_argument(
+        "--tool-format",
+        default=None,
+        choices=["tag", "fence"],
+        help="how the model writes a call: <python>...</python> (tag) or a ```python block (fence); "
+        "default: fence with --chat-template, else tag",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -344,7 +360,16 @@ def run_eval(args: argparse.Namespace) -> int:
         examples = examples[: args.limit]
     if not examples:
         raise DataError(f"{args.data or task.name}: no examples to evaluate")
-    if task.kind == "code":
+    if args.tools and args.model is None:
+        raise DataError(
+            "--tools runs the model's tool calls while it generates: it needs --model, not --completions"
+        )
+    if bool(args.tools) != (args.max_turns > 1):
+        raise DataError(
+            f"--tools python needs --max-turns >= 2 (a turn after each call), and --max-turns > 1 needs "
+            f"--tools python; got --tools {' '.join(args.tools) or '(none)'} --max-turns {args.max_turns}"
+        )
+    if task.kind == "code" or args.tools:
         configure_sandbox(backend=args.backend, workers=args.workers, timeout_s=args.timeout)
     progress = not args.no_progress
 
@@ -387,6 +412,13 @@ def _eval_model(
     tok = load_tokenizer(args.model)
     model = load_policy(args.model, dtype=args.dtype)
     engine = HFEngine(model, tok, batch_size=args.batch_size)
+    if args.tools:
+        from reasoner.config import RolloutConfig
+        from reasoner.rollout.tools import ToolEngine, ToolSettings
+
+        fmt = args.tool_format or ("fence" if args.chat_template else "tag")
+        rollout = RolloutConfig(tools=list(args.tools), max_turns=args.max_turns, tool_format=fmt)
+        engine = ToolEngine(engine, tok, ToolSettings.from_config(rollout))
     render = chat_renderer(tok, args.system_prompt, args.chat_template, args.model, "--chat-template")
     return evaluate_model(
         engine,
