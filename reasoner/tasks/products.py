@@ -32,7 +32,7 @@ from reasoner.tasks import TASKS
 from reasoner.tasks.base import Example, Task
 
 LOW, HIGH = 100, 999
-TOOL_SHARE = 0.3  # of training solutions that call the tool; the rest answer alone
+TOOL_SHARE = 0.4  # of training solutions that call the tool; the rest answer alone
 TRAIN_SIZE = 20_000
 TEST_SIZE = 2_000
 
