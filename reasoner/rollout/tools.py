@@ -21,11 +21,11 @@ failed (status ``error``: the rollout is then unscored, as in code RL, never a s
 
 A sample answer of the tiny model (``tag`` format, two turns)::
 
-    What is 347*582?
-    <python>print(347*582)</python><output>
-    201954
+    What is 573*629?
+    <python>print(573*629)</python><output>
+    360417
     </output>
-    #### 201954
+    #### 360417
 """
 
 from __future__ import annotations
