@@ -61,6 +61,12 @@ train-math: install $(TINY_MODEL)/config.json  ## the main job: tiny model, SFT 
 train-code: install sandbox-image $(TINY_MODEL)/config.json  ## GRPO on generated Python functions, unit tests run in the Docker sandbox; one JSON line
 	$(VENV)/bin/reasoner train --config $(CONFIG_CODE) $(ARGS)
 
+# Tools in rollouts (docs/tools.md): the JSON line adds tool_calls_per_answer_before/_after and tool_success_rate.
+CONFIG_TOOLS ?= configs/tools-grpo.yaml
+.PHONY: train-tools
+train-tools: install sandbox-image $(TINY_MODEL)/config.json  ## the tiny model learns to call a Python interpreter (the sandbox) on 3-digit products; one JSON line
+	$(VENV)/bin/reasoner train --config $(CONFIG_TOOLS) $(ARGS)
+
 # The online loop on the offline default: simulated users over HTTP, RM + GRPO rounds, gated redeploys.
 CONFIG_ONLINE ?= configs/online.yaml
 online: install $(TINY_MODEL)/config.json  ## the online loop: simulated users over HTTP, RM + RL rounds, gated redeploys; one JSON line

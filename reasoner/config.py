@@ -115,6 +115,18 @@ class RolloutConfig:
     kv_cache_gb: float | None = None
     use_engine_logprobs: bool = False  # False: recompute old log-probs with the trainer (exact)
     tis_cap: float = 2.0  # truncated importance sampling cap when use_engine_logprobs is on
+    # Tools in rollouts (reasoner.rollout.tools): the policy's calls run in the sandbox, their output is appended
+    # (context, masked from every loss) and generation resumes. [] = one uninterrupted generation per answer.
+    tools: list[Literal["python"]] = field(default_factory=list)
+    # generation turns per answer; a call is run when a turn follows it (so at most max_turns - 1 calls)
+    max_turns: int = 1
+    # "tag": <python>...</python> (the tiny model); "fence": a ```python block closed by ``` on its own line (chat)
+    tool_format: Literal["tag", "fence"] = "tag"
+    tool_timeout_s: float = 5.0  # per call, within the sandbox's own limits
+    tool_memory_mb: int = 256  # per call
+    tool_calls_per_answer: int = 4  # budget: later calls are refused, saying so
+    tool_seconds_per_answer: float = 15.0  # budget of sandbox seconds per answer
+    tool_output_chars: int = 200  # a call's output is cut to this many characters (the tail of an error)
 
 
 @dataclass(frozen=True)

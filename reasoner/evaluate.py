@@ -44,7 +44,7 @@ from reasoner.algo.passk import mean_pass_at_k
 from reasoner.data import DataError
 from reasoner.tasks.base import Example, Task
 
-EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "codegen", "dataset")
+EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "products", "codegen", "dataset")
 COUNT_KEYS = ("examples", "samples", "correct", "unscored")  # integer metrics, printed as counts
 SCORE_CHUNK = 256  # completions per reward call: bounds memory, drives the progress bar
 SCORE_METRIC = {"math": "accuracy", "code": "pass@1", "reward": "mean_reward"}  # a task kind's headline score
@@ -70,7 +70,8 @@ class EvalReport:
             shown["unscored"] = self.metrics["unscored"]
         head = ["task", "examples", "samples/example", *shown]
         cells = [self.task, str(len(self.records)), str(self.n)]
-        cells += [f"{int(v)}" if k == "unscored" else f"{100 * v:.2f}%" for k, v in shown.items()]
+        cells += [f"{int(v)}" if k == "unscored" else f"{v:.2f}" if k.endswith("per_answer") else f"{100 * v:.2f}%"
+                  for k, v in shown.items()]  # fmt: skip
         return "\n".join(
             ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(cells) + " |"]
         )
@@ -84,12 +85,14 @@ def score_completions(
     k_values: Sequence[int] = (1,),
     progress: bool = False,
     reward: Callable | None = None,
+    unscorable: Sequence[Sequence[bool]] | None = None,
     **reward_kwargs,
 ) -> EvalReport:
     """Score ``completions[i]`` (the samples of ``examples[i]``) with the task's reward and build the report.
 
     ``reward``: the reward function; None = the task's registered reward. ``reward_kwargs`` go to the reward
-    function (e.g. ``partial=True`` for the code reward).
+    function (e.g. ``partial=True`` for the code reward). ``unscorable[i][j]``: sample j of example i cannot be
+    scored (its tool call hit a sandbox failure) whatever the reward says.
     """
     from reasoner.rewards import get_reward
 
@@ -115,6 +118,9 @@ def score_completions(
             )
         scores += out.scores
         bar.update(len(chunk))
+    if unscorable is not None:
+        flags = [bad for group in unscorable for bad in group]
+        scores = [None if bad else s for s, bad in zip(scores, flags, strict=True)]
     bar.close()
 
     records, pos = [], 0
@@ -153,8 +159,13 @@ def evaluate_model(
     batch_prompts: int = 64,
     reward: Callable | None = None,
 ) -> EvalReport:
-    """Generate ``n`` completions per example with ``engine`` (greedy when ``temperature == 0``) and score them."""
-    from reasoner.rollout.base import SamplingParams
+    """Generate ``n`` completions per example with ``engine`` (greedy when ``temperature == 0``) and score them.
+
+    With a tool engine (reasoner.rollout.tools) the reward scores the policy's own text, each record keeps the
+    whole ``transcripts`` (tool outputs included), and the metrics add ``tool_calls_per_answer`` and
+    ``tool_success_rate``."""
+    from reasoner.rollout.base import SamplingParams, reward_text
+    from reasoner.rollout.tools import tool_metrics
 
     if n > 1 and temperature == 0:
         raise ValueError(
@@ -162,6 +173,9 @@ def evaluate_model(
         )
     _check_k(k_values, n)
     completions: list[list[str]] = []
+    transcripts: list[list[str]] = []
+    unscorable: list[list[bool]] = []
+    every = []
     bar = _progress(total=len(examples), desc=f"generating {task.name}", enabled=progress)
     for chunk_no, start in enumerate(range(0, len(examples), batch_prompts)):
         chunk = examples[start : start + batch_prompts]
@@ -170,12 +184,27 @@ def evaluate_model(
         )
         rollouts = engine.generate([render(ex) for ex in chunk], params)
         groups: list[list[str]] = [[] for _ in chunk]
+        whole: list[list[str]] = [[] for _ in chunk]
+        bad: list[list[bool]] = [[] for _ in chunk]
         for r in rollouts:
-            groups[r.prompt_index].append(r.text)
+            groups[r.prompt_index].append(reward_text(r))
+            whole[r.prompt_index].append(r.text)
+            bad[r.prompt_index].append(r.tools is not None and r.tools.infra_error)
         completions += groups
+        transcripts += whole
+        unscorable += bad
+        every += rollouts
         bar.update(len(chunk))
     bar.close()
-    return score_completions(task, examples, completions, k_values=k_values, progress=progress, reward=reward)
+    report = score_completions(task, examples, completions, k_values=k_values, progress=progress, reward=reward,
+                               unscorable=unscorable)  # fmt: skip
+    if any(r.tools is not None for r in every):
+        tools = tool_metrics(every, prefix="")
+        report.metrics |= {"tool_calls_per_answer": tools["calls_per_answer"],
+                           "tool_success_rate": tools["success_rate"]}  # fmt: skip
+        for record, whole in zip(report.records, transcripts, strict=True):
+            record["transcripts"] = whole
+    return report
 
 
 def _check_k(k_values: Sequence[int], n: int) -> None:
@@ -290,6 +319,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=int(os.environ.get("REASONER_SANDBOX_WORKERS", "4")))
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per program (code tasks)")
+    p.add_argument(
+        "--tools",
+        nargs="+",
+        default=[],
+        choices=["python"],
+        help="tools the model may call mid-answer (--model): its calls run in the sandbox (--backend) and their "
+        "output is appended before it goes on (reasoner.rollout.tools); needs --max-turns >= 2",
+    )
+    p.add_argument("--max-turns", type=int, default=1, help="generation turns per answer with --tools")
+    p.add_argument(
+        "--tool-format",
+        default=None,
+        choices=["tag", "fence"],
+        help="how the model writes a call: <python>...</python> (tag) or a ```python block (fence); "
+        "default: fence with --chat-template, else tag",
+    )
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -315,7 +360,16 @@ def run_eval(args: argparse.Namespace) -> int:
         examples = examples[: args.limit]
     if not examples:
         raise DataError(f"{args.data or task.name}: no examples to evaluate")
-    if task.kind == "code":
+    if args.tools and args.model is None:
+        raise DataError(
+            "--tools runs the model's tool calls while it generates: it needs --model, not --completions"
+        )
+    if bool(args.tools) != (args.max_turns > 1):
+        raise DataError(
+            f"--tools python needs --max-turns >= 2 (a turn after each call), and --max-turns > 1 needs "
+            f"--tools python; got --tools {' '.join(args.tools) or '(none)'} --max-turns {args.max_turns}"
+        )
+    if task.kind == "code" or args.tools:
         configure_sandbox(backend=args.backend, workers=args.workers, timeout_s=args.timeout)
     progress = not args.no_progress
 
@@ -358,6 +412,13 @@ def _eval_model(
     tok = load_tokenizer(args.model)
     model = load_policy(args.model, dtype=args.dtype)
     engine = HFEngine(model, tok, batch_size=args.batch_size)
+    if args.tools:
+        from reasoner.config import RolloutConfig
+        from reasoner.rollout.tools import ToolEngine, ToolSettings
+
+        fmt = args.tool_format or ("fence" if args.chat_template else "tag")
+        rollout = RolloutConfig(tools=list(args.tools), max_turns=args.max_turns, tool_format=fmt)
+        engine = ToolEngine(engine, tok, ToolSettings.from_config(rollout))
     render = chat_renderer(tok, args.system_prompt, args.chat_template, args.model, "--chat-template")
     return evaluate_model(
         engine,

@@ -83,24 +83,27 @@ def reinforce_pp_baseline_advantages(
 def token_rewards(rewards: Tensor, mask: Tensor, kl: Tensor | None = None, beta: float = 0.0) -> Tensor:
     """Outcome rewards [N] placed on each row's last real token of ``mask`` [N, T], minus ``beta * kl`` [N, T].
 
-    Completions are right-padded, so the last real token is at ``mask.sum(1) - 1``; a row with no real
-    token gets nothing. Positions outside ``mask`` come back 0.
+    The last real token is the last position where ``mask`` is 1 (multi-turn rollouts have holes where a tool's
+    output stands); a row with no real token gets nothing. Positions outside ``mask`` come back 0.
 
     >>> mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
     >>> token_rewards(torch.tensor([1.0, 0.5]), mask).tolist()
     [[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]]
     >>> token_rewards(torch.tensor([1.0, 0.5]), mask, kl=torch.full((2, 3), 0.5), beta=0.5).tolist()
     [[-0.25, -0.25, 0.75], [0.25, 0.0, 0.0]]
+    >>> token_rewards(torch.tensor([1.0]), torch.tensor([[1.0, 0.0, 1.0, 0.0]])).tolist()  # a hole, then padding
+    [[0.0, 0.0, 1.0, 0.0]]
     """
     if rewards.dim() != 1 or mask.dim() != 2 or rewards.shape[0] != mask.shape[0]:
         raise ValueError(
             f"rewards must be [N] and mask [N, T]; got {tuple(rewards.shape)} and {tuple(mask.shape)}"
         )
     m = mask.bool()
-    lengths = m.sum(1)  # [N]
+    columns = torch.arange(mask.shape[1], device=mask.device)  # [T]
+    last = torch.where(m, columns, -1).max(1).values  # [N] the last real token's column, -1 if none
     out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T]
-    rows = torch.nonzero(lengths > 0).squeeze(1)  # [N'] rows with at least one real token
-    out[rows, lengths[rows] - 1] = rewards.to(out)[rows]
+    rows = torch.nonzero(last >= 0).squeeze(1)  # [N'] rows with at least one real token
+    out[rows, last[rows]] = rewards.to(out)[rows]
     if kl is not None and beta:
         if kl.shape != mask.shape:
             raise ValueError(f"kl {tuple(kl.shape)} must have the mask's shape {tuple(mask.shape)}")

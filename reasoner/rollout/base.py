@@ -1,12 +1,14 @@
 """The engine interface every rollout backend implements.
 
 ``generate`` returns completions prompt-major: the ``n`` completions of prompt 0, then of prompt 1, ...
-so that ``rollouts[i * n:(i + 1) * n]`` is the group of prompt ``i``.
+so that ``rollouts[i * n:(i + 1) * n]`` is the group of prompt ``i``. A prompt is a string, or a list of token
+ids used as they are (multi-turn rollouts resume from the exact tokens sampled so far). ``SamplingParams.stop``
+ends a completion at the first of these strings (kept in the completion, named in ``Rollout.stop_reason``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -24,6 +26,7 @@ class SamplingParams:
     # sampler), from the distribution sampled from: softmax(logits / temperature), before the top-p cut
     # (temperature 0: the model's own softmax)
     logprobs: int | None = None
+    stop: tuple[str, ...] = ()  # end a completion at the first of these strings (included in it)
 
 
 @dataclass
@@ -37,6 +40,20 @@ class StepLogprobs:
 
 
 @dataclass
+class ToolTrace:
+    """What the tools did in one multi-turn rollout (reasoner.rollout.tools)."""
+
+    # one per call: passed, failed, timeout, memory, error (the sandbox failed), budget (refused, not run)
+    statuses: list[str] = field(default_factory=list)
+    answer: str = ""  # the policy's own text with the tool outputs left out: what the reward scores
+    infra_error: bool = False  # the sandbox itself failed on a call: the rollout cannot be scored
+
+    @property
+    def calls(self) -> int:
+        return len(self.statuses)
+
+
+@dataclass
 class Rollout:
     prompt_index: int
     prompt_ids: list[int]
@@ -47,10 +64,19 @@ class Rollout:
     top_logprobs: list[list[tuple[int, float]]] | None = (
         None  # per token: (id, log-prob) of the k most likely
     )
+    stop_reason: str | None = None  # the ``SamplingParams.stop`` string that ended it, if one did
+    # 1 on the tokens the policy sampled, 0 on context it did not (a tool's output); None = all sampled
+    action_mask: list[int] | None = None
+    tools: ToolTrace | None = None  # multi-turn rollouts with tools: the calls and the answer to score
+
+
+def reward_text(rollout: Rollout) -> str:
+    """The text a reward scores: the policy's own words (tool outputs left out), or the whole completion."""
+    return rollout.tools.answer if rollout.tools is not None else rollout.text
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Rollout]: ...
+    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams) -> list[Rollout]: ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the next ``generate`` use ``model``'s current weights."""

@@ -6,6 +6,8 @@ reference the fast one is tested against. The engine shares the policy module wi
 ``sync_weights`` has nothing to copy. Both report each decoding step to an optional ``on_tokens`` callback
 (the server streams with it). ``SamplingParams.logprobs`` (the fast sampler only) adds each token's log-prob,
 taken from the logits it was sampled from, to the callback and to the rollouts.
+Both end a row at ``SamplingParams.stop`` strings (:class:`StopWatch`).
+Prompts are strings, or token ids taken as they are (the tool loop resumes from the tokens it sampled).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import torch
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from reasoner.rollout.base import Rollout, SamplingParams, StepLogprobs
@@ -46,7 +49,10 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: list[str], params: SamplingParams, on_tokens: TokenCallback | None = None
+        self,
+        prompts: list[str] | list[list[int]],
+        params: SamplingParams,
+        on_tokens: TokenCallback | None = None,
     ) -> list[Rollout]:
         """``on_tokens``, when given, sees every decoding step as it happens."""
         n = params.n
@@ -186,14 +192,22 @@ class HFEngine:
 
     def _generate(
         self,
-        prompts: list[str],
+        prompts: list[str] | list[list[int]],
         params: SamplingParams,
         offset: int,
         generator,
         on_tokens: TokenCallback | None,
     ) -> list[Rollout]:
         tok, model = self.tokenizer, self.model
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        if prompts and not isinstance(prompts[0], str):  # token ids, used as they are
+            if any(isinstance(p, str) for p in prompts):
+                raise TypeError(
+                    "HFEngine.generate: prompts must be all strings or all token-id lists, not a mix"
+                )
+            enc = _left_pad(prompts, tok.pad_token_id, model.device)
+        else:
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        watch = StopWatch(tok, params.stop, len(prompts) * params.n) if params.stop else None
         was_training = model.training
         model.eval()
         got: list[list[tuple[float, list[tuple[int, float]]]]] = [[] for _ in range(len(prompts) * params.n)]
@@ -210,15 +224,18 @@ class HFEngine:
                     report(rows, ids, lps)
 
         try:
-            completions = self._decode(enc, params, generator, step)  # [len(prompts) * n, <= max_new_tokens]
+            completions = self._decode(enc, params, generator, step, watch)  # [len(prompts) * n, <= max_new]
         finally:
             model.train(was_training)
         prompt_rows = enc["input_ids"].repeat_interleave(params.n, dim=0).tolist()
         mask_rows = enc["attention_mask"].repeat_interleave(params.n, dim=0).tolist()
         rollouts = []
         for i, row in enumerate(completions.tolist()):
-            if tok.eos_token_id in row:
-                completion, finish = row[: row.index(tok.eos_token_id) + 1], "stop"
+            stop_at, reason = (None, None) if watch is None else (watch.at[i], watch.reason[i])
+            if stop_at is not None and tok.eos_token_id not in row[:stop_at]:
+                completion, finish = row[:stop_at], "stop"
+            elif tok.eos_token_id in row:
+                completion, finish, reason = row[: row.index(tok.eos_token_id) + 1], "stop", None
             else:
                 completion, finish = row, "length"
             prompt_ids = [t for t, m in zip(prompt_rows[i], mask_rows[i], strict=True) if m]
@@ -232,12 +249,13 @@ class HFEngine:
                     finish_reason=finish,
                     logprobs=None if steps is None else [lp for lp, _ in steps],
                     top_logprobs=None if steps is None else [top for _, top in steps],
+                    stop_reason=reason,
                 )
             )
         return rollouts
 
     def _decode(
-        self, enc, params: SamplingParams, generator, on_tokens: TokenCallback | None = None
+        self, enc, params: SamplingParams, generator, on_tokens: TokenCallback | None = None, watch=None
     ) -> torch.Tensor:
         tok, greedy = self.tokenizer, params.temperature == 0
         if self.sampler == "fast":
@@ -245,7 +263,7 @@ class HFEngine:
                 self.model, enc["input_ids"], enc["attention_mask"], n=params.n,
                 max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, generator=generator,
-                on_step=on_tokens, logprobs=params.logprobs,
+                on_step=on_tokens, logprobs=params.logprobs, stop_check=watch,
             )  # fmt: skip
         if params.logprobs is not None:
             raise ValueError(
@@ -262,6 +280,7 @@ class HFEngine:
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
             streamer=None if on_tokens is None else _StepStreamer(on_tokens),
+            stopping_criteria=None if watch is None else StoppingCriteriaList([_WatchCriteria(watch)]),
         )
         return seqs[:, enc["input_ids"].shape[1] :]
 
@@ -285,6 +304,73 @@ def _sample_generators(seed: int | None, samples: int) -> list[torch.Generator]:
         return generators
     seeds = torch.randint(0, 2**62, (samples,), generator=torch.Generator().manual_seed(seed)).tolist()
     return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+class StopWatch:
+    """Ends rows at stop strings: called with each decoding step's ``(rows, token_ids)``, it answers which of
+    those rows have just completed one of ``stops``. ``at[row]`` is then the completion's length up to and
+    including the token that completed it, and ``reason[row]`` the string.
+
+    Each row keeps the tail of its decoded text (token pieces decoded one by one, long enough for the longest
+    stop string), so a stop string split over several tokens is found, at a dictionary lookup per token.
+
+    >>> from reasoner.models import build_char_tokenizer
+    >>> tok = build_char_tokenizer()
+    >>> w = StopWatch(tok, ("</python>",), rows=2)
+    >>> for ch0, ch1 in zip("a</python>", "bcdefghijk"):
+    ...     hit = w([0, 1], tok.convert_tokens_to_ids([ch0, ch1]))
+    >>> w.at, w.reason, hit
+    ([10, None], ['</python>', None], [True, False])
+    """
+
+    def __init__(self, tokenizer, stops: tuple[str, ...], rows: int):
+        if not stops or any(not s for s in stops):
+            raise ValueError(f"stop strings must be non-empty, got {stops!r}")
+        self.tokenizer, self.stops = tokenizer, tuple(stops)
+        self.keep = max(len(s) for s in stops)
+        self.tails, self.count = [""] * rows, [0] * rows
+        self.at: list[int | None] = [None] * rows
+        self.reason: list[str | None] = [None] * rows
+        self._pieces: dict[int, str] = {}
+
+    def __call__(self, rows, ids) -> list[bool]:
+        out = []
+        for r, i in zip(rows, ids, strict=True):
+            if self.at[r] is None:
+                self.count[r] += 1
+                piece = self._pieces.get(i)
+                if piece is None:
+                    piece = self._pieces[i] = self.tokenizer.decode([i], skip_special_tokens=True)
+                tail = self.tails[r] + piece
+                hit = next((s for s in self.stops if s in tail), None)
+                if hit is not None:
+                    self.at[r], self.reason[r] = self.count[r], hit
+                self.tails[r] = tail[-(self.keep - 1) :] if self.keep > 1 else ""
+            out.append(self.at[r] is not None)
+        return out
+
+
+class _WatchCriteria(StoppingCriteria):
+    """A :class:`StopWatch` as a per-row stopping criterion of transformers' ``generate``."""
+
+    def __init__(self, watch: StopWatch):
+        self.watch = watch
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        hits = self.watch(range(input_ids.shape[0]), input_ids[:, -1].tolist())
+        return torch.tensor(hits, dtype=torch.bool, device=input_ids.device)
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+    """Token-id prompts as a left-padded batch, as the tokenizer pads strings."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 def _offset_rows(on_tokens: TokenCallback, first_row: int) -> TokenCallback:

@@ -63,6 +63,7 @@ def prefill_once_sample(
     logprobs: int | None = None,  # k: each step's log-probs (the sampled token's and the top k) go to on_step
     # each row's own settings (then temperature, top_p and generator are unused)
     rows: RowSampling | None = None,
+    stop_check: Callable[[list[int], list[int]], list[bool]] | None = None,
 ) -> torch.Tensor:
     """The completions ``[B * n, max_new_tokens]``, prompt-major, each padded with ``pad_token_id`` after its EOS.
 
@@ -70,7 +71,8 @@ def prefill_once_sample(
     (output row indices; a finished row gets padding until it is dropped) and, with ``logprobs=k``, their
     log-probs from the logits they were sampled from (:func:`step_logprobs`; None otherwise). With ``rows``, each
     row samples with its own temperature, top-p and generator and ends at its own budget (padded after it, as
-    after an EOS)."""
+    after an EOS). ``stop_check(rows, ids)``, when given, sees each step's tokens as ``on_step`` does and answers
+    which rows are done (a stop string): they are padded from then on, as after an EOS."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if logprobs is not None and on_step is None:
@@ -142,6 +144,9 @@ def prefill_once_sample(
             live = live & (nxt != eos_token_id)
             if per_row is not None:  # a row's own budget ends it as an EOS would
                 live = live & (per_row.max_new_tokens.to(rows.device)[rows] > t + 1)
+            if stop_check is not None:
+                done = stop_check(rows.tolist(), tokens[rows, t].tolist())
+                live = live & ~torch.tensor(done, dtype=torch.bool, device=live.device)
             if t == max_new_tokens - 1:
                 break
             units = live.view(-1, unit).any(1)  # [A / unit] units with a row still decoding

@@ -225,7 +225,7 @@ class VLLMEngine:
             logprobs=True,  # cheap (one value per token) and needed for the mismatch metrics and TIS
         )
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Rollout]:
+    def generate(self, prompts: list[str] | list[list[int]], params: SamplingParams) -> list[Rollout]:
         if self._asleep:
             raise RuntimeError(
                 f"the vLLM engine is asleep ({', '.join(sorted(self._asleep))}); call wake_up() first"
@@ -370,13 +370,18 @@ class VLLMEngine:
         return nbytes
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Prompt token ids as ``HFEngine`` computes them (no special tokens added: templates carry their own).
+def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> list[list[int]]:
+    """Prompt token ids as ``HFEngine`` computes them (no special tokens added: templates carry their own);
+    prompts given as token ids are taken as they are.
 
     >>> from reasoner.models import build_char_tokenizer
     >>> encode_prompts(build_char_tokenizer(), ["1+1="]) == [build_char_tokenizer()("1+1=")["input_ids"]]
     True
+    >>> encode_prompts(build_char_tokenizer(), [[5, 6]])
+    [[5, 6]]
     """
+    if prompts and not isinstance(prompts[0], str):
+        return [list(p) for p in prompts]
     return [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
 
 
@@ -405,7 +410,9 @@ def vllm_sampling_params(vllm, params: SamplingParams, n: int, seed: int | None,
         max_tokens=params.max_new_tokens,
         seed=seed,
         logprobs=0 if logprobs else None,  # 0: the sampled token's log-prob only
-        detokenize=False,  # we decode with our tokenizer, exactly as HFEngine does
+        # we decode with our tokenizer, exactly as HFEngine does; vLLM needs its own text for stop strings
+        detokenize=bool(params.stop),
+        **({"stop": list(params.stop), "include_stop_str_in_output": True} if params.stop else {}),
     )
 
 
@@ -416,7 +423,7 @@ def to_rollouts(outputs, n: int, tokenizer, repeat: int = 1) -> list[Rollout]:
     """vLLM ``RequestOutput``s (one per prompt, in prompt order) -> prompt-major ``Rollout``s, ``n`` per prompt.
 
     Reads the documented fields only: ``prompt_token_ids``, and per completion ``index``, ``token_ids``,
-    ``finish_reason`` and ``logprobs`` (one ``{token_id: Logprob}`` per position). ``repeat`` copies each
+    ``finish_reason``, ``stop_reason`` and ``logprobs`` (one ``{token_id: Logprob}`` per position). ``repeat`` copies each
     completion (greedy decoding computes one and reports ``n``).
     """
     rollouts: list[Rollout] = []
@@ -443,9 +450,16 @@ def to_rollouts(outputs, n: int, tokenizer, repeat: int = 1) -> list[Rollout]:
                         text=text,
                         finish_reason=_FINISH[c.finish_reason],
                         logprobs=None if logprobs is None else list(logprobs),
+                        stop_reason=_stop_string(c),
                     )
                 )
     return rollouts
+
+
+def _stop_string(completion) -> str | None:
+    """vLLM's ``stop_reason``: the stop string that ended the completion (a token id or None otherwise)."""
+    reason = getattr(completion, "stop_reason", None)
+    return reason if isinstance(reason, str) else None
 
 
 def sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:

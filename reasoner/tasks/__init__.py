@@ -7,7 +7,18 @@ from reasoner.tasks.base import Example, Task
 
 TASKS: Registry[Task] = Registry("task")
 
-_BUILTIN = ("arithmetic", "gsm8k", "math", "humaneval", "mbpp", "codegen", "preference", "prompts", "dataset")
+_BUILTIN = (
+    "arithmetic",
+    "products",
+    "gsm8k",
+    "math",
+    "humaneval",
+    "mbpp",
+    "codegen",
+    "preference",
+    "prompts",
+    "dataset",
+)
 
 
 def get_task(name: str) -> Task:

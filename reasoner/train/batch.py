@@ -5,6 +5,13 @@ column ``prompt_width`` and the model only has to produce logits for the last ``
 
     [pad pad p p p | c c c eos pad]
     [pad p p p p   | c c c c   c  ]
+
+``completion_mask`` marks the real completion tokens (what the model reads); ``action_mask`` the ones the policy
+sampled, which alone take part in the losses, the KL, the entropy and PPO's values and GAE. They differ only in
+multi-turn rollouts, where a tool's output is context, not action (``Rollout.action_mask``)::
+
+    [p p | c c c <o o o> c c eos]   completion_mask 1 1 1 1 1 1 1 1 1
+                                    action_mask     1 1 1 0 0 0 1 1 1
 """
 
 from __future__ import annotations
@@ -23,11 +30,17 @@ from reasoner.train.layout import layout_inputs, pack_batch, packed_logprobs
 class RolloutBatch:
     input_ids: torch.Tensor  # [N, P + T]
     attention_mask: torch.Tensor  # [N, P + T]
-    completion_mask: torch.Tensor  # [N, T] float, 1 on generated tokens
+    completion_mask: torch.Tensor  # [N, T] float, 1 on completion tokens (the policy's and the tools')
     prompt_width: int  # P
     # how the model sees the rows (reasoner/train/layout.py); outputs always come back on this padded grid
     shared_prefix: bool = False
     pack: bool = False
+    # [N, T] float, 1 on the tokens the policy sampled (None: the completion_mask)
+    action_mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.action_mask is None:
+            self.action_mask = self.completion_mask
 
     @property
     def completion_ids(self) -> torch.Tensor:  # [N, T]
@@ -42,6 +55,7 @@ class RolloutBatch:
             input_ids=self.input_ids[idx],
             attention_mask=self.attention_mask[idx],
             completion_mask=self.completion_mask[idx],
+            action_mask=self.action_mask[idx],
         )
 
 
@@ -56,13 +70,23 @@ def make_batch(
     width_c = max(1, max(len(r.completion_ids) for r in rollouts))
     ids = torch.full((len(rollouts), width_p + width_c), pad_id, dtype=torch.long)
     attn = torch.zeros_like(ids)
+    sampled = torch.zeros(len(rollouts), width_c)  # [N, T]
     for i, r in enumerate(rollouts):
         p, c = len(r.prompt_ids), len(r.completion_ids)
         ids[i, width_p - p : width_p] = torch.tensor(r.prompt_ids)
         ids[i, width_p : width_p + c] = torch.tensor(r.completion_ids, dtype=torch.long)
         attn[i, width_p - p : width_p + c] = 1
+        if r.action_mask is None:
+            sampled[i, :c] = 1
+        elif len(r.action_mask) != c:
+            raise ValueError(
+                f"rollout {i}: action_mask has {len(r.action_mask)} entries for {c} completion tokens"
+            )
+        else:
+            sampled[i, :c] = torch.tensor(r.action_mask, dtype=torch.float32)
     completion_mask = attn[:, width_p:].float().to(device)
-    return RolloutBatch(ids.to(device), attn.to(device), completion_mask, width_p, shared_prefix, pack)
+    return RolloutBatch(ids.to(device), attn.to(device), completion_mask, width_p, shared_prefix, pack,
+                        action_mask=(sampled * completion_mask.cpu()).to(device))  # fmt: skip
 
 
 def autocast(device: torch.device):

@@ -52,6 +52,8 @@ from reasoner.models import (
 )
 from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
 from reasoner.rollout import Rollout, SamplingParams, make_engine
+from reasoner.rollout.base import reward_text
+from reasoner.rollout.tools import check_tools, tool_metrics
 from reasoner.tasks import get_task, load_examples
 from reasoner.tasks.base import Example
 from reasoner.train.checkpoint import (
@@ -387,6 +389,11 @@ def evaluate(run: Run, step: int, stop: GracefulStop) -> float:
     metrics = all_reduce_mean(report.metrics, run.world, weight=len(run.eval_shard), sums=counts)
     score = metrics[SCORE_METRIC[run.task.kind]]
     run.log.log(step, {"eval/score": score, **{f"eval/{k}": v for k, v in metrics.items()}})
+    # for the result line: how the policy used its tool, before and after
+    if "tool_calls_per_answer" in metrics:
+        run.history.setdefault("tools", {})[str(step)] = {
+            k: v for k, v in metrics.items() if k.startswith("tool")
+        }
     return score
 
 
@@ -421,6 +428,12 @@ def finish(run: Run) -> dict:
     }  # fmt: skip
     if enabled(cfg.model.lora):
         result["adapter"] = str(run.dir / ADAPTER_DIR)
+    tools = history.get("tools", {})
+    if "0" in tools and str(cfg.train.steps) in tools:
+        before, after = tools["0"], tools[str(cfg.train.steps)]
+        result |= {f"{k}_before": round(v, 4) for k, v in before.items()}
+        result |= {f"{k}_after": round(v, 4) for k, v in after.items()}
+        result["tool_success_rate"] = round(after["tool_success_rate"], 4)
     if world.is_main:
         write_json_atomic(run.dir / "result.json", result)
     # The DDP wrappers (their reducers hold the process group) go before the group does, not when train()'s
@@ -440,6 +453,7 @@ def _check_algo(cfg: Config) -> None:
     except KeyError as e:
         raise ConfigError(f"algo.loss: {e.args[0]}") from None
     check_lora(cfg.model.lora)
+    check_tools(cfg.rollout)
 
 
 def _any_rank(flag: bool, world) -> bool:
@@ -452,11 +466,18 @@ def _any_rank(flag: bool, world) -> bool:
 def score(
     reward_fn, format_fn, format_weight, rollouts, examples: list[Example]
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Rewards [N] (0 where unscored) and a mask [N] of samples that could be scored."""
-    texts = [r.text for r in rollouts]
+    """Rewards [N] (0 where unscored) and a mask [N] of samples that could be scored.
+
+    With tools the reward scores the policy's own text (tool outputs left out), and an answer whose tool call the
+    sandbox itself failed to run is unscored, like a code reward's sandbox failure."""
+    texts = [reward_text(r) for r in rollouts]
     out = reward_fn(texts, examples)
-    scored = torch.tensor([s is not None for s in out.scores])
-    rewards = torch.tensor([s if s is not None else 0.0 for s in out.scores], dtype=torch.float32)
+    scores = [
+        None if r.tools is not None and r.tools.infra_error else s
+        for r, s in zip(rollouts, out.scores, strict=True)
+    ]
+    scored = torch.tensor([s is not None for s in scores])
+    rewards = torch.tensor([s if s is not None else 0.0 for s in scores], dtype=torch.float32)
     correct = (rewards >= 1.0).float()
     metrics = {f"reward/{k}": v for k, v in out.metrics.items()}
     if format_fn is not None:
@@ -469,6 +490,8 @@ def score(
         "accuracy": correct[scored].mean().item() if scored.any() else 0.0,
         "unscored_frac": 1.0 - scored.float().mean().item(),
     }
+    if any(r.tools is not None for r in rollouts):
+        metrics |= tool_metrics(rollouts)
     return rewards, scored, metrics
 
 

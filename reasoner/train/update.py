@@ -76,7 +76,7 @@ def update(learner: Learner, batch: Scored) -> dict:
     advantages, est_metrics, keep = estimator.advantages(
         layout, batch.rewards, batch.scored, keep, old_logp, ref_logp
     )  # [N, T]
-    mask = layout.completion_mask * keep[:, None].float()  # [N, T]
+    mask = layout.action_mask * keep[:, None].float()  # [N, T] the policy's own tokens (not a tool's output)
     kl_in_loss = reference is not None and not estimator.kl_in_reward
     stats = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": 0.0, "grad_norm": 0.0}
     trainer_logp = None  # the old log-probs the loss used, against the engine's
@@ -95,7 +95,7 @@ def update(learner: Learner, batch: Scored) -> dict:
     if ref_logp is not None and not kl_in_loss and old_logp is not None:
         stats["kl"] = _masked_mean(kl_penalty(old_logp, ref_logp, ac.kl_estimator), mask)
     if engine_logp is not None and trainer_logp is not None:
-        stats |= mismatch_metrics(trainer_logp, engine_logp, layout.completion_mask, cfg.rollout.tis_cap)
+        stats |= mismatch_metrics(trainer_logp, engine_logp, layout.action_mask, cfg.rollout.tis_cap)
     stats |= estimator.update(layout, mask)
     lengths = layout.completion_mask.sum(1)
     return stats | est_metrics | {

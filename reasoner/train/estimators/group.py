@@ -106,7 +106,7 @@ class GroupEstimator:
         keep = keep & scored.to(keep.device)
         if self.drop_zero_variance:
             keep = keep & ~zero_var.to(keep.device)
-        mask = batch.completion_mask * keep[:, None].float()  # [N, T]
+        mask = batch.action_mask * keep[:, None].float()  # [N, T] the policy's own tokens
         adv = self.token_advantages(batch, filled, mask, old_logp, ref_logp)  # [N, T]
         m = mask.bool()
         metrics = {

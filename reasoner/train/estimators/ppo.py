@@ -177,7 +177,8 @@ class PPOEstimator:
 
     def advantages(self, batch, rewards, scored, keep, old_logp, ref_logp):
         keep = keep & scored.to(keep.device)  # [N]; unscored samples teach neither policy nor critic
-        mask = batch.completion_mask * keep[:, None].float()  # [N, T]
+        # [N, T] the policy's own tokens: a tool's output is context, neither valued nor a GAE step
+        mask = batch.action_mask * keep[:, None].float()
         kl = None
         if self.kl_in_reward and ref_logp is not None:
             kl = kl_penalty(old_logp, ref_logp, self.kl_estimator)  # [N, T]
