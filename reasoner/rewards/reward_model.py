@@ -33,6 +33,9 @@ def load_rm(path: str, device: torch.device | None = None):
         raise FileNotFoundError(
             f"reward model {path!r} not found: give a directory written by `reasoner rm train`"
         )
+    from reasoner.models import resolve_model_path
+
+    path = resolve_model_path(path)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

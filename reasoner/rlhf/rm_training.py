@@ -36,7 +36,7 @@ from tqdm import tqdm
 from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy, response_lm_loss
 from reasoner.config import Config, RMConfig
 from reasoner.data import DataError, load_records
-from reasoner.models import default_device
+from reasoner.models import default_device, resolve_model_path
 from reasoner.rewards.reward_model import STATS_FILE, encode_texts, load_rm, score_texts
 from reasoner.train.checkpoint import (
     load_trainer_state,
@@ -273,6 +273,7 @@ def train_reward_model(
     from reasoner.train.stream import batch_for_step
 
     t_start, rc = time.time(), cfg.rm
+    model_path = resolve_model_path(model_path)  # a .gguf file: converted once, then a directory
     run = Path(out_dir or rc.output_dir)
     started = start_run(cfg, run, resume=rc.resume)
     device, ckpt = started.device, started.checkpoint

@@ -194,6 +194,9 @@ class VLLMEngine:
             seed += rank // tensor_parallel_size  # the ranks of one tensor-parallel group must sample alike
             if tensor_parallel_size > 1:
                 self._tp_group = _tensor_parallel_group(world, tensor_parallel_size)
+        from reasoner.models import resolve_model_path
+
+        model_path = resolve_model_path(model_path)
         self.llm = vllm.LLM(
             model=model_path,
             tokenizer=getattr(tokenizer, "name_or_path", None) or model_path,

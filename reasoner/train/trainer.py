@@ -49,6 +49,7 @@ from reasoner.models import (
     load_policy,
     load_tokenizer,
     load_trainable_policy,
+    resolve_model_path,
 )
 from reasoner.rewards.combine import build_eval_reward, build_reward, check_reward_specs
 from reasoner.rollout import Rollout, SamplingParams, make_engine
@@ -175,7 +176,7 @@ def setup(cfg: Config, progress: bool, stop: GracefulStop) -> Run:
     device = started.device
     _check_algo(cfg)  # before anything slow runs
 
-    model_path = cfg.model.path
+    model_path = resolve_model_path(cfg.model.path)  # a .gguf file: converted once, then a directory
     task = get_task(cfg.task.name)
     # The data first: a missing field or a bad template fails before any model loads.
     train_set = load_examples(cfg.task, "train", cfg.train.seed)  # task.prompt/answer/... applied

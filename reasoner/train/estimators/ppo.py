@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from reasoner.algo import gae, kl_penalty, token_rewards, value_loss, whiten
-from reasoner.models import resolve_dtype
+from reasoner.models import resolve_dtype, resolve_model_path
 from reasoner.train.batch import RolloutBatch, autocast
 from reasoner.train.distributed import DistInfo, all_reduce_sum, wrap_ddp, wrap_fsdp
 from reasoner.train.estimators.group import ESTIMATORS
@@ -71,7 +71,7 @@ class Critic(nn.Module):
         kwargs = {"dtype": resolve_dtype(dtype, device) if use_lora else torch.float32}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        backbone = AutoModel.from_pretrained(path, **kwargs)
+        backbone = AutoModel.from_pretrained(resolve_model_path(path), **kwargs)
         if use_lora:
             backbone = add_lora(backbone, lora, task_type=None)
         return cls(backbone).to(device)
