@@ -92,8 +92,9 @@ serve-test-deps:  ## Debian chromium + chromium-driver and postgresql for the se
 	bash tests/serve/install-deps.sh
 
 # Serve a policy: make serve [SERVE_MODEL=DIR] [ARGS='--port 8000 --api-key KEY'].
+# SERVE_MODEL=$(REAL_MODEL) (runs/smollm2-135m-instruct) builds the real model first.
 SERVE_MODEL ?= $(TINY_MODEL)
-serve: install $(TINY_MODEL)/config.json  ## serve a policy: OpenAI API, feedback store, web page [SERVE_MODEL=DIR] [ARGS='--port 8000']
+serve: install $(if $(filter $(REAL_MODEL),$(SERVE_MODEL)),real-model,$(TINY_MODEL)/config.json)  ## serve a policy: OpenAI API, feedback store, web page [SERVE_MODEL=DIR] [ARGS='--port 8000']
 	$(VENV)/bin/reasoner serve --model $(SERVE_MODEL) $(ARGS)
 
 lint: install  ## ruff check and ruff format --check
