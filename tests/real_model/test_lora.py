@@ -1,4 +1,4 @@
-"""LoRA (reasoner/lora.py) on SmolLM2: what trains in a real update step, the adapters-off reference, decoding
+"""LoRA (reasoner/train/lora.py) on SmolLM2: what trains in a real update step, the adapters-off reference, decoding
 through the peft-wrapped model, and the merged weights an engine loads (tied embeddings stay tied and frozen)."""
 
 from __future__ import annotations
@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import load_config
-from reasoner.estimators import make_estimator
-from reasoner.lora import AdaptersOff, materialize, named_merged_weights
 from reasoner.models import load_policy, load_trainable_policy
-from reasoner.optim import make_optimizer
 from reasoner.rollout import SamplingParams
 from reasoner.rollout.hf import HFEngine
-from reasoner.update import update
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.estimators import make_estimator
+from reasoner.train.lora import AdaptersOff, materialize, named_merged_weights
+from reasoner.train.optim import make_optimizer
+from reasoner.train.update import update
 from tests.real_model.conftest import CPU, chat_prompts
 from tests.real_model.test_update import QUESTIONS, real_rollouts
 

@@ -1,4 +1,4 @@
-"""A reward model on SmolLM2's pretrained backbone (reasoner/rewards/model.py, reasoner/rm.py):
+"""A reward model on SmolLM2's pretrained backbone (reasoner/rewards/reward_model.py, reasoner/rlhf/rm_training.py):
 ``AutoModelForSequenceClassification`` from the causal LM keeps its weights, scores each text at its last real
 token whatever the padding (the pad token is ``<|im_end|>``, the EOS), and `reasoner rm train` with LoRA learns
 a preference written in English, saved as a plain classifier that the RL reward loads."""
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from reasoner.config import load_config
-from reasoner.rewards.model import RewardModel, load_rm, score_texts
-from reasoner.rm import train_reward_model
+from reasoner.rewards.reward_model import RewardModel, load_rm, score_texts
+from reasoner.rlhf.rm_training import train_reward_model
 from tests.real_model.conftest import chat_prompts
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]

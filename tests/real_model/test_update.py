@@ -1,18 +1,18 @@
-"""The update on SmolLM2 (reasoner/update.py, reasoner/layout.py): shared-prompt and packed layouts give the
+"""The update on SmolLM2 (reasoner/train/update.py, reasoner/train/layout.py): shared-prompt and packed layouts give the
 padded path's log-probs, loss and gradients on a real GQA model with a BPE chat prompt (the tiny-model version
-is tests/test_update_layouts.py)."""
+is tests/train/test_update_layouts.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from reasoner.batch import make_batch, sequence_logprobs
 from reasoner.config import load_config
-from reasoner.estimators import make_estimator
 from reasoner.models import load_policy
 from reasoner.rollout import Rollout
-from reasoner.update import update
+from reasoner.train.batch import make_batch, sequence_logprobs
+from reasoner.train.estimators import make_estimator
+from reasoner.train.update import update
 from tests.real_model.conftest import CPU, chat_prompts
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
