@@ -1,9 +1,18 @@
 import json
+import os
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from reasoner.models import build_char_tokenizer, load_tokenizer
+from reasoner.cli import main
+from reasoner.models import (
+    build_char_tokenizer,
+    convert_gguf,
+    gguf_cache_dir,
+    load_policy,
+    load_tokenizer,
+)
 from reasoner.rollout import SamplingParams
 from reasoner.rollout.hf import HFEngine
 
@@ -67,3 +76,20 @@ def test_greedy_generation_matches_a_manual_argmax_loop(tiny_model_dir):
 def test_char_tokenizer_handles_unknown_characters():
     tok = build_char_tokenizer()
     assert tok.decode(tok("é")["input_ids"], skip_special_tokens=True) == ""
+
+
+def test_a_gguf_path_that_is_missing_or_not_gguf_fails_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=r"missing\.gguf.*make real-model"):
+        load_policy(str(tmp_path / "missing.gguf"), "float32")
+    junk = tmp_path / "junk.gguf"
+    junk.write_text("not a GGUF file")
+    with pytest.raises(ValueError, match=r"transformers cannot read the GGUF file .*junk\.gguf"):
+        convert_gguf(junk, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+    assert main(["convert-gguf", str(junk), "--out", str(tmp_path / "out")]) == 2
+    # the cache key follows the file: a replaced file is converted again
+    first = gguf_cache_dir(junk)
+    assert first.parent == tmp_path / "cache" / "gguf" and first.name.startswith("junk-")
+    os.utime(junk, ns=(0, 0))
+    assert gguf_cache_dir(junk) != first
