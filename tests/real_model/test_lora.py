@@ -14,7 +14,7 @@ from reasoner.train.batch import make_batch, sequence_logprobs
 from reasoner.train.estimators import make_estimator
 from reasoner.train.lora import AdaptersOff, materialize, named_merged_weights
 from reasoner.train.optim import make_optimizer
-from reasoner.train.update import update
+from reasoner.train.update import Learner, Scored, update
 from tests.real_model.conftest import CPU, chat_prompts
 from tests.real_model.test_update import QUESTIONS, real_rollouts
 
@@ -53,8 +53,10 @@ def test_lora_update_step_trains_the_adapters_only_against_the_adapters_off_refe
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     optimizer = make_optimizer(policy.parameters(), lr=1e-3)
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0])
-    metrics = update(cfg, policy, reference, make_estimator(cfg, policy, str(real_model_dir), CPU), optimizer,
-                     rollouts, rewards, torch.ones(8, dtype=torch.bool), pad, CPU)  # fmt: skip
+    estimator = make_estimator(cfg, policy, str(real_model_dir), CPU)
+    learner = Learner(cfg=cfg, model=policy, reference=reference, estimator=estimator, optimizer=optimizer,
+                      pad_id=pad, device=CPU)  # fmt: skip
+    metrics = update(learner, Scored(rollouts, rewards, torch.ones(8, dtype=torch.bool)))
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the adapters started at zero: policy = reference
     moved = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {n for n in lora if "lora_B" in n}  # B moves first (A's gradient is 0 while B = 0)

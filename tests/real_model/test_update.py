@@ -12,7 +12,7 @@ from reasoner.models import load_policy
 from reasoner.rollout import Rollout
 from reasoner.train.batch import make_batch, sequence_logprobs
 from reasoner.train.estimators import make_estimator
-from reasoner.train.update import update
+from reasoner.train.update import Learner, Scored, update
 from tests.real_model.conftest import CPU, chat_prompts
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_model]
@@ -79,8 +79,10 @@ def test_update_loss_and_gradients_equal_the_padded_path(real_model_dir, real_po
                 return super().step(closure)
 
         estimator = make_estimator(cfg, policy, str(real_model_dir), CPU)
-        metrics = update(cfg, policy, real_policy, estimator, Recorder(policy.parameters(), lr=0.0), rollouts,
-                         rewards, torch.ones(len(rollouts), dtype=torch.bool), real_tokenizer.pad_token_id, CPU)  # fmt: skip
+        learner = Learner(cfg=cfg, model=policy, reference=real_policy, estimator=estimator,
+                          optimizer=Recorder(policy.parameters(), lr=0.0), pad_id=real_tokenizer.pad_token_id,
+                          device=CPU)  # fmt: skip
+        metrics = update(learner, Scored(rollouts, rewards, torch.ones(len(rollouts), dtype=torch.bool)))
         return metrics, grads[0]
 
     want_metrics, want = record(["train.shared_prefix=false", "train.pack=false"])
