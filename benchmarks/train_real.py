@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from reasoner.checkpoint import write_json_atomic  # noqa: E402
 from reasoner.config import load_config  # noqa: E402
 from reasoner.models import load_policy, load_tokenizer  # noqa: E402
 from reasoner.rewards.math import score_batch  # noqa: E402
 from reasoner.rollout.base import SamplingParams  # noqa: E402
 from reasoner.rollout.hf import HFEngine  # noqa: E402
-from reasoner.stream import prompt_renderer  # noqa: E402
 from reasoner.tasks import load_examples  # noqa: E402
+from reasoner.train.checkpoint import write_json_atomic  # noqa: E402
+from reasoner.train.stream import prompt_renderer  # noqa: E402
 
 
 def describe(path: str, cfg, examples, stats_prompts: int, samples: int) -> dict:
