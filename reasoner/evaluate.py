@@ -44,7 +44,17 @@ from reasoner.algo.passk import mean_pass_at_k
 from reasoner.data import DataError
 from reasoner.tasks.base import Example, Task
 
-EVAL_TASKS = ("gsm8k", "math", "humaneval", "mbpp", "arithmetic", "products", "codegen", "dataset")
+EVAL_TASKS = (
+    "gsm8k",
+    "math",
+    "humaneval",
+    "mbpp",
+    "arithmetic",
+    "arithmetic-easy",
+    "products",
+    "codegen",
+    "dataset",
+)
 COUNT_KEYS = ("examples", "samples", "correct", "unscored")  # integer metrics, printed as counts
 SCORE_CHUNK = 256  # completions per reward call: bounds memory, drives the progress bar
 SCORE_METRIC = {"math": "accuracy", "code": "pass@1", "reward": "mean_reward"}  # a task kind's headline score

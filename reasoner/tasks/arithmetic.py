@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import random
+from functools import partial
 
 from reasoner.tasks import TASKS
 from reasoner.tasks.base import Example, Task
@@ -58,31 +59,36 @@ def make_problem(rng: random.Random, min_ops: int = MIN_OPS, max_ops: int = MAX_
     )
 
 
-def load(source: str | None, split: str, size: int | None, seed: int) -> list[Example]:
+def load(
+    source: str | None, split: str, size: int | None, seed: int, ops: tuple[int, int] = (MIN_OPS, MAX_OPS)
+) -> list[Example]:
+    """``ops``: the fewest and most additions / subtractions per problem; the default stream is ``arithmetic``,
+    one or two steps is ``arithmetic-easy`` (its own seed streams, train and test still disjoint)."""
+    name = "arithmetic" if ops == (MIN_OPS, MAX_OPS) else f"arithmetic-{ops[0]}-{ops[1]}"
     if source is not None:
         raise ValueError(
-            f"the arithmetic task is generated, not loaded: leave task.train/task.test unset (got {source!r})"
+            f"the {name} task is generated, not loaded: leave task.train/task.test unset (got {source!r})"
         )
     if split not in ("train", "test"):
-        raise ValueError(f"arithmetic split must be 'train' or 'test', got {split!r}")
-    test = _draw(random.Random(f"arithmetic-test-{seed}"), 2_000)
+        raise ValueError(f"{name} split must be 'train' or 'test', got {split!r}")
+    test = _draw(random.Random(f"{name}-test-{seed}"), 2_000, ops)
     if split == "test":
         return test[: size or len(test)]
     held_out = {ex.prompt for ex in test}
-    rng = random.Random(f"arithmetic-train-{seed}")
-    out = [ex for ex in _draw(rng, 2 * (size or TRAIN_SIZE)) if ex.prompt not in held_out]
+    rng = random.Random(f"{name}-train-{seed}")
+    out = [ex for ex in _draw(rng, 2 * (size or TRAIN_SIZE), ops) if ex.prompt not in held_out]
     out = out[: size or TRAIN_SIZE]
-    style = random.Random(f"arithmetic-style-{seed}")  # its own stream: the prompts do not depend on it
+    style = random.Random(f"{name}-style-{seed}")  # its own stream: the prompts do not depend on it
     for ex in out:
         if style.random() < ANSWER_ONLY:
             ex.solution = f"#### {ex.gold}"
     return out
 
 
-def _draw(rng: random.Random, count: int) -> list[Example]:
+def _draw(rng: random.Random, count: int, ops: tuple[int, int] = (MIN_OPS, MAX_OPS)) -> list[Example]:
     seen, out = set(), []
     while len(out) < count:
-        ex = make_problem(rng)
+        ex = make_problem(rng, *ops)
         if ex.prompt not in seen:
             seen.add(ex.prompt)
             out.append(ex)
@@ -90,3 +96,7 @@ def _draw(rng: random.Random, count: int) -> list[Example]:
 
 
 TASKS.register("arithmetic")(Task(name="arithmetic", reward="math", load=load, kind="math"))
+# One or two steps: where a small pretrained model (SmolLM2-135M-Instruct, `make train-real`) starts with signal.
+TASKS.register("arithmetic-easy")(
+    Task(name="arithmetic-easy", reward="math", load=partial(load, ops=(1, 2)), kind="math")
+)
