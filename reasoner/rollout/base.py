@@ -72,8 +72,7 @@ class Rollout:
 
 def reward_text(rollout: Rollout) -> str:
     """The text a reward scores: the policy's own words (tool outputs left out), or the whole completion."""
-    tools = getattr(rollout, "tools", None)  # anything with a ``text`` can be scored (tests, user code)
-    return tools.answer if tools is not None else rollout.text
+    return rollout.tools.answer if rollout.tools is not None else rollout.text
 
 
 class Engine(Protocol):
