@@ -13,6 +13,7 @@ from reasoner.config import load_config
 from reasoner.rewards import get_reward
 from reasoner.rewards.combine import build_eval_reward, build_reward
 from reasoner.rewards.user import RewardError, UserReward
+from reasoner.rollout.base import Rollout
 from reasoner.tasks import get_task
 from reasoner.tasks.base import Example
 from reasoner.train.trainer import score
@@ -89,7 +90,10 @@ def test_a_reward_from_a_module_path(reward_file, monkeypatch):
 
 def test_none_and_nan_mean_could_not_score_and_are_masked(reward_file):
     fn = get_reward(f"{reward_file}:unsure")
-    rollouts = [type("R", (), {"text": t})() for t in ("sure", "maybe?")]
+    rollouts = [
+        Rollout(prompt_index=i, prompt_ids=[], completion_ids=[], text=t, finish_reason="stop")
+        for i, t in enumerate(("sure", "maybe?"))
+    ]
     rewards, scored, metrics = score(fn, None, 0.0, rollouts, _examples(ROWS[:2]))
     assert scored.tolist() == [True, False] and rewards.tolist() == [0.5, 0.0]
     assert metrics["unscored_frac"] == 0.5
