@@ -182,8 +182,12 @@ class ServeService:
                 policy = load_policy_version(version, path, self.cfg.dtype, self.cfg.max_batch)
             except (OSError, ValueError) as e:
                 raise ServiceError(400, f"cannot load a policy from path {path!r}: {e}", "path") from e
-            self.store.record_version(version, path, parent=self.policy.name, meta=meta or {"source": "canary"})
-            self._canary_batcher = Batcher(lambda: policy, self.cfg.batch_window_ms / 1000.0, self.cfg.max_batch)
+            self.store.record_version(
+                version, path, parent=self.policy.name, meta=meta or {"source": "canary"}
+            )
+            self._canary_batcher = Batcher(
+                lambda: policy, self.cfg.batch_window_ms / 1000.0, self.cfg.max_batch
+            )
             self.canary, self.canary_frac = policy, frac
         return version
 
@@ -208,6 +212,28 @@ class ServeService:
                 self.store.set_deployed(version)
                 self.policy = policy
         return version
+
+    def rollback(self, version: str) -> dict:
+        """By hand (``POST /admin/rollback``): end ``version``'s canary, or serve the deployed ``version``'s parent
+        again; recorded as a decision ``by: hand`` with both versions' thumbs so far."""
+        canary = self.canary.name if self.canary is not None else None
+        if version == canary:
+            against = self.policy.name
+            self.end_canary(promote=False)
+        elif version == self.policy.name:
+            against = self.store.version(version)["parent"]
+            if against is None:
+                raise ServiceError(409, f"{version} has no parent to roll back to", "version")
+            self.rollback_to(against)
+        else:
+            raise ServiceError(409, f"{version} is neither deployed nor in a canary", "version")
+        thumbs = self.store.thumbs()
+        (up_c, n_c), (up_d, n_d) = thumbs.get(version, (0, 0)), thumbs.get(against, (0, 0))
+        live = {"up": [up_c, up_d], "thumbs": [n_c, n_d]}
+        self.store.record_decision(
+            f"hand/{version}/{time.time():.3f}", version, "rolled_back", against=against, by="hand", live=live
+        )
+        return {"version": self.policy.name, "previous": version}
 
     def _batcher_for_request(self) -> Batcher:
         """The canary's batcher for ``canary_frac`` of the requests, else the deployed version's."""
@@ -372,7 +398,11 @@ class ServeService:
 
     def canary_status(self) -> dict:
         c = self.canary
-        return {"deployed": self.policy.name, "canary": c.name if c else None, "frac": self.canary_frac if c else 0.0}
+        return {
+            "deployed": self.policy.name,
+            "canary": c.name if c else None,
+            "frac": self.canary_frac if c else 0.0,
+        }
 
 
 def _next_version(store: FeedbackStore) -> str:
