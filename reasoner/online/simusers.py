@@ -141,7 +141,7 @@ class Population:
         self.rule, self.model, self.max_tokens, self.seed = rule, model, max_tokens, seed
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.journal = Journal(journal)
-        self.stats = {"asks": 0, "pairs": 0, "ties": 0, "thumbs": 0, "repeats": 0}
+        self.stats = {"asks": 0, "pairs": 0, "ties": 0, "thumbs": 0, "repeats": 0, "timeouts": 0}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -204,10 +204,14 @@ class Population:
         self.journal.write({"kind": "ask", "user": user.name, "prompt": prompt})
         n = 2 if self.feedback == "mixed" else 1
         body = {"messages": [{"role": "user", "content": prompt}], "n": n, "temperature": 1.0,
-                "max_tokens": self.max_tokens, "seed": rng.randrange(2**31)}  # fmt: skip
+                "max_tokens": self.max_tokens}  # fmt: skip
         if self.model:
             body["model"] = self.model
-        r = client.post(f"{self.url}/v1/chat/completions", json=body)
+        try:
+            r = client.post(f"{self.url}/v1/chat/completions", json=body)
+        except httpx.TimeoutException:
+            self.stats["timeouts"] += 1  # a busy server (training beside it): the user gives up and asks again
+            return
         r.raise_for_status()
         reply = r.json()
         texts = [c["message"]["content"] for c in sorted(reply["choices"], key=lambda c: c["index"])]
