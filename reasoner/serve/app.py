@@ -320,10 +320,10 @@ def deploy(req: bodies.DeployRequest, svc: Service):
     return bodies.DeployResponse(version=svc.deploy(req.path, req.version), previous=previous)
 
 
-@admin_router.post("/rollback", response_model=schemas.DeployResponse)
-def rollback(req: schemas.RollbackRequest, svc: Service):
+@admin_router.post("/rollback", response_model=bodies.DeployResponse)
+def rollback(req: bodies.RollbackRequest, svc: Service):
     """End a version's canary, or give the deployed version's place back to its parent (recorded by hand)."""
-    return schemas.DeployResponse(**svc.rollback(req.version))
+    return bodies.DeployResponse(**svc.rollback(req.version))
 
 
 @admin_router.get("/canary")

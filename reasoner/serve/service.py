@@ -357,7 +357,7 @@ class ServeService:
 
     # --- feedback -----------------------------------------------------------------------------------------
     async def feedback(self, body, idempotency_key: str | None) -> dict:
-        from reasoner.serve import bodies as schemas
+        from reasoner.serve import bodies
         from reasoner.serve.store import IdempotencyConflict, NotFound
 
         if isinstance(body, bodies.RatingFeedback):
