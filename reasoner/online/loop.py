@@ -316,7 +316,9 @@ class OnlineLoop:
         new_acc = result.get("accuracy")
         keep_old = old is not None and new_acc is not None and old_acc > new_acc
         model = old if keep_old else result["model"]
-        self.log(f"round {r}: RM accuracy {new_acc} (last RM {old_acc}) on {len(heldout)} held-out rows -> {model}")
+        self.log(
+            f"round {r}: RM accuracy {new_acc} (last RM {old_acc}) on {len(heldout)} held-out rows -> {model}"
+        )
         out = {"model": model, "trained": result["model"], "base": result["base"], "accuracy": new_acc,
                "old_accuracy": old_acc, "kept_old": keep_old, "drift": drift, "window_start": start,
                "train_rows": len(rows), "heldout_rows": len(heldout),
@@ -407,7 +409,9 @@ class OnlineLoop:
         gate, rl = self.state(f"round/{r}/gate"), self.state(f"round/{r}/rl")
         name, parent = f"v{r}", rl["parent"]
         if not gate["accept"]:
-            self.store.record_decision(f"round/{r}", name, "refused", against=parent, meta={"reasons": gate["reasons"]})
+            self.store.record_decision(
+                f"round/{r}", name, "refused", against=parent, meta={"reasons": gate["reasons"]}
+            )
             return {"candidate": name, "decision": "refused", "against": parent}
         path = self._copy_version(rl["candidate"], name)
         meta = {"round": r, "parent": parent, "rm": rl["rm"], "judge": rl.get("judge"),
@@ -435,7 +439,10 @@ class OnlineLoop:
                 if self.rolled_back_by_hand(name):
                     d["decision"], by, why = "rolled_back", "hand", "rolled back by hand"
                 elif d["decision"] is None and time.time() > deadline:
-                    d["decision"], why = "rolled_back", f"too few thumbs in online.canary_timeout_s={self.oc.canary_timeout_s}"
+                    d["decision"], why = (
+                        "rolled_back",
+                        f"too few thumbs in online.canary_timeout_s={self.oc.canary_timeout_s}",
+                    )
                 if d["decision"] is not None:
                     break
                 time.sleep(0.5)

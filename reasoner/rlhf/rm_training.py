@@ -341,9 +341,13 @@ def train_reward_model(
         model = load_adapter(model, ckpt / "policy") if ckpt else add_lora(model, cfg.model.lora, "SEQ_CLS")
     tokenizer.padding_side = "right"
     pairs, points = load_rows(data, tokenizer, rc, "train")
-    eval_pairs, eval_points = load_rows(eval_data, tokenizer, rc, "test") if eval_data is not None else ([], [])
+    eval_pairs, eval_points = (
+        load_rows(eval_data, tokenizer, rc, "test") if eval_data is not None else ([], [])
+    )
     if not pairs and not rc.pointwise_coef:
-        raise DataError("only unpaired rows {prompt, completion, label} and rm.pointwise_coef=0: nothing to train on")
+        raise DataError(
+            "only unpaired rows {prompt, completion, label} and rm.pointwise_coef=0: nothing to train on"
+        )
     chat = any(p.chat for p in pairs)  # conversational rows: RL-time scoring renders with the chat template
 
     lr = rc.lr if rc.lr is not None else default_lr(model, lora)
@@ -374,7 +378,9 @@ def train_reward_model(
     def evaluate(step: int) -> dict:
         if not eval_pairs and not eval_points:
             return {}
-        m = rows_metrics(model, tokenizer, eval_pairs, eval_points, rc.max_length, cfg.reward_model.batch_size)
+        m = rows_metrics(
+            model, tokenizer, eval_pairs, eval_points, rc.max_length, cfg.reward_model.batch_size
+        )
         log.log(step, {f"eval/{k}": v for k, v in m.items()})
         history["eval"] = m
         return m
@@ -449,7 +455,9 @@ def train_reward_model(
     # Reward mean/std over training responses, saved beside the model for normalisation at RL time.
     sample = random.Random(cfg.train.seed).sample(pairs, min(len(pairs), max(1, rc.stats_samples // 2)))
     texts = [p.chosen for p in sample] + [p.rejected for p in sample]
-    texts += [p.text for p in random.Random(cfg.train.seed).sample(points, min(len(points), rc.stats_samples))]
+    texts += [
+        p.text for p in random.Random(cfg.train.seed).sample(points, min(len(points), rc.stats_samples))
+    ]
     train_scores = score_texts(model, tokenizer, texts, cfg.reward_model.batch_size, rc.max_length)
     stats = {"mean": train_scores.mean().item(), "std": train_scores.std(unbiased=False).item(), "chat": chat,
              "max_length": rc.max_length, "samples": len(texts)}  # fmt: skip

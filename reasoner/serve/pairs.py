@@ -172,7 +172,9 @@ def pointwise_rows(rows: list[dict], versions: Iterable[str] | None = None) -> l
             e["at"] = fb["created_at"]
         elif fb["kind"] == "tie" and fb.get("both_bad"):
             for r in fb["responses"]:
-                out.append(_point(r, False, "both_bad", fb["created_at"], fb, fb.get("reason"), fb.get("comment")))
+                out.append(
+                    _point(r, False, "both_bad", fb["created_at"], fb, fb.get("reason"), fb.get("comment"))
+                )
     for e in rated.values():
         if e["score"]:
             out.append(_point(e["response"], e["score"] > 0, "thumbs", e["at"], e["fb"],

@@ -80,7 +80,9 @@ state_t = sa.Table(
 decisions_t = sa.Table(
     "decisions",
     metadata,
-    sa.Column("key", sa.String(256), primary_key=True),  # e.g. "round/3": a rerun after a kill records it once
+    sa.Column(
+        "key", sa.String(256), primary_key=True
+    ),  # e.g. "round/3": a rerun after a kill records it once
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("version", sa.String(64), nullable=False),  # the version decided on (the candidate)
     sa.Column("against", sa.String(64)),  # the version it was compared with (the deployed one)
