@@ -183,12 +183,13 @@ def check_rollback_by_hand(args: list[str], run: Path) -> None:
 @pytest.mark.slow
 def test_canary_rolls_back_a_candidate_worse_on_live_thumbs(tiny_model_dir, warm_start, tmp_path):
     """The warm start deployed; the untrained tiny model (it writes noise) as round 1's candidate, past the gate.
-    Real users over HTTP thumb both; the canary rolls the candidate back and v0 keeps serving."""
+    Real users over HTTP thumb both; the canary rolls the candidate back and v0 keeps serving. The 60-step warm
+    start is rarely formal (about 6% thumbs up, the noise 0%): 100 thumbs each and alpha 0.1 tell them apart."""
     from reasoner.online.loop import OnlineLoop
 
     run = tmp_path / "run"
     args = tiny_overrides(tiny_model_dir, warm_start, run) + [
-        "online.canary_min_thumbs=30", "online.users=4", "online.user_noise=0", "online.user_noise_spread=0"]  # fmt: skip
+        "online.canary_min_thumbs=100", "online.canary_alpha=0.1", "online.users=4", "online.user_noise=0", "online.user_noise_spread=0"]  # fmt: skip
     loop = OnlineLoop(load_config(None, args), progress=False)
     loop.bootstrap()  # v0 = the warm start (cached SFT)
     loop.record("round/1/rl", {"parent": "v0", "candidate": str(tiny_model_dir), "rm": None})
@@ -202,7 +203,7 @@ def test_canary_rolls_back_a_candidate_worse_on_live_thumbs(tiny_model_dir, warm
         assert loop.service.policy.name == "v0" and loop.service.canary is None
     live = canary["live"]
     assert canary["decision"] == "rolled_back" and deploy["deployed"] is None, canary
-    assert min(live["thumbs"]) >= 30 and live["candidate"] < live["deployed"] and canary["p_value"] < 0.05
+    assert min(live["thumbs"]) >= 100 and live["candidate"] < live["deployed"] and canary["p_value"] < 0.1
     (d,) = loop.store.decisions()
     assert (d["version"], d["against"], d["decision"], d["thumbs"]) == (
         "v1",
