@@ -210,7 +210,9 @@ class Population:
         try:
             r = client.post(f"{self.url}/v1/chat/completions", json=body)
         except httpx.TimeoutException:
-            self.stats["timeouts"] += 1  # a busy server (training beside it): the user gives up and asks again
+            self.stats["timeouts"] += (
+                1  # a busy server (training beside it): the user gives up and asks again
+            )
             return
         r.raise_for_status()
         reply = r.json()

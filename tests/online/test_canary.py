@@ -135,7 +135,7 @@ def test_store_thumbs_and_decisions(tmp_path):
     store.close()
 
 
-def test_a_version_1_store_gains_the_decisions_table(tmp_path):
+def test_an_older_store_gains_the_decisions_table(tmp_path):
     import sqlalchemy as sa
 
     from reasoner.serve.tables import MIGRATIONS, schema_version
@@ -148,7 +148,7 @@ def test_a_version_1_store_gains_the_decisions_table(tmp_path):
         MIGRATIONS[0](conn)
     engine.dispose()
     store = FeedbackStore(url)
-    assert store.schema_version() == 2 and store.decisions() == []
+    assert store.schema_version() == 3 and store.decisions() == []
     store.record_decision("hand/v1", "v1", "rolled_back", by="hand")
     assert [d["by"] for d in store.decisions()] == ["hand"]
     store.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reasoner.config import load_config
+from reasoner.config import load_config, with_values
 from reasoner.online.loop import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -249,9 +249,13 @@ def test_gate_refuses_a_candidate_that_games_the_training_rm(tiny_model_dir, war
     ]
     rms = {}
     for name, rows in (("gamed", gamed), ("judge", honest)):
-        cfg.rm.output_dir = str(tmp_path / name)
         rms[name] = train_reward_model(
-            cfg, str(warm_start), rows, None, str(tmp_path / name), progress=False
+            with_values(cfg, {"rm.output_dir": str(tmp_path / name)}),
+            str(warm_start),
+            rows,
+            None,
+            str(tmp_path / name),
+            progress=False,
         )["model"]
 
     loop = OnlineLoop(cfg, progress=False)
