@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser(
         "online",
-        help="the online loop: serve, collect feedback, RM update, RL round, gate, redeploy; resumable",
+        help="the online loop: serve, collect feedback, RM update, RL round, gate, canary, deploy; resumable. "
+        "`reasoner online rollback VERSION --config FILE` rolls a version back by hand",
     )
     _config_args(p)
 
@@ -203,8 +204,14 @@ def _feedback(args) -> int:
 
 
 def _online(args) -> int:
-    from reasoner.online.loop import run_online
+    from reasoner.online.loop import rollback_by_hand, run_online
 
+    if args.overrides[:1] == ["rollback"]:  # reasoner online rollback VERSION [--config FILE] [key=value ...]
+        if len(args.overrides) < 2 or "=" in args.overrides[1]:
+            raise ConfigError("usage: reasoner online rollback VERSION [--config FILE] [key=value ...]")
+        cfg = load_config(args.config, args.overrides[2:])
+        print(json.dumps(rollback_by_hand(cfg, args.overrides[1])))
+        return 0
     return _run_to_json_line(run_online, load_config(args.config, args.overrides), args)
 
 

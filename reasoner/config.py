@@ -216,7 +216,12 @@ class OnlineConfig:
     # collect: a round starts once min_pairs new preference pairs have arrived, or after collect_timeout_s
     # with at least one (0 = no time limit)
     min_pairs: int = 64
+    # ... or once this many single thumbs have (ratings on answers that no pair covers: feedback=thumbs)
+    min_thumbs: int = 192
     collect_timeout_s: float = 300.0
+    # what the simulated users give: mixed = two answers, a side-by-side choice and a thumb on the first;
+    # thumbs = one answer and a thumb only (most chat users). The RM learns from pairs and single thumbs alike.
+    feedback: Literal["mixed", "thumbs"] = "mixed"
     # reward model update: warm start from the last RM, train on a window of the feedback, keep the old RM
     # when the new one is less accurate on the newest held-out pairs
     rm_window: Literal["all", "last", "recency"] = "recency"
@@ -238,6 +243,17 @@ class OnlineConfig:
     gate_score_tolerance: float = 0.0  # mean RM score may drop by at most this
     gate_verifiable_tolerance: float = 0.0  # a verifiable score (where the task has one) may drop this much
     gate_max_kl: float = 8.0  # KL(candidate || the RL round's KL anchor) per sequence, nats
+    # who judges the gate: member = a second RM of the round (another seed, its own warm-start chain) that the
+    # RL round never optimised; policy = the RM the round maximised (over-optimisation passes the gate)
+    gate_judge: Literal["member", "policy"] = "member"
+    # canary: a candidate that passed the gate answers canary_frac of live requests; once both it and the deployed
+    # version have canary_min_thumbs thumbs it is promoted unless a one-sided test at canary_alpha finds its
+    # thumbs-up rate lower (reasoner.online.canary); rolled back after canary_timeout_s without enough thumbs
+    # (0 = wait). canary_frac=0: no canary, a candidate that passes the gate is deployed at once.
+    canary_frac: float = 0.25
+    canary_min_thumbs: int = 40
+    canary_alpha: float = 0.05
+    canary_timeout_s: float = 900.0
     # simulated users (simulate=true)
     users: int = 8  # concurrent users
     user_noise: float = 0.1  # mean probability that a user's thumb or choice goes against their preference
@@ -319,6 +335,11 @@ class RMConfig:
     rejected_field: str = "rejected"
     margin_field: str = "margin"  # optional per-pair margin
     weight_field: str = "weight"  # optional per-pair loss weight (e.g. recency)
+    # Unpaired rows {prompt, completion, label} (single thumbs, "both bad") train a pointwise term beside the
+    # pairwise one: pointwise_coef * weighted mean of -log σ(±r) (reasoner.algo.pairwise.pointwise_loss)
+    pointwise_coef: float = 1.0
+    completion_field: str = "completion"
+    label_field: str = "label"
 
 
 @dataclass(frozen=True)

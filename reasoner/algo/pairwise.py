@@ -66,6 +66,33 @@ def response_lm_loss(logits: torch.Tensor, token_ids: torch.Tensor, mask: torch.
     return -aggregate(logp, mask[:, 1:], "token-mean")
 
 
+def pointwise_loss(
+    r: torch.Tensor,  # [B] scores of single responses
+    label: torch.Tensor,  # [B] 1 = thumbs up, 0 = thumbs down (or "both bad")
+    weight: torch.Tensor | None = None,  # [B] per-row loss weight; None = 1
+) -> torch.Tensor:
+    """Weighted mean of −log σ(r) over liked responses and −log σ(−r) over disliked ones: a binary (logistic)
+    term for single thumbs beside the pairwise one. It fixes the score's zero at "as likely liked as not", which
+    Bradley–Terry leaves free, so pairs and thumbs train one scale.
+
+    >>> round(pointwise_loss(torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])).item(), 4)  # (log 2 + log(1+e²)) / 2
+    1.41
+    """
+    if r.shape != label.shape:
+        raise ValueError(f"scores {tuple(r.shape)} and labels {tuple(label.shape)} must have one shape")
+    sign = 2.0 * label.float() - 1.0  # [B] +1 liked, -1 disliked
+    nll = -F.logsigmoid(sign * r)  # [B]
+    if weight is None:
+        return nll.mean()
+    return (nll * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
+def pointwise_accuracy(r: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """[B] 1 where the score's sign matches the thumb (r > 0 liked, r < 0 disliked), 0.5 at r == 0, else 0."""
+    sign = 2.0 * label.float() - 1.0
+    return (sign * r > 0).float() + 0.5 * (r == 0).float()
+
+
 def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
     """[B] 1 where the chosen response scores higher, 0.5 on an exact tie, else 0."""
     return (r_chosen > r_rejected).float() + 0.5 * (r_chosen == r_rejected).float()

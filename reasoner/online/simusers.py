@@ -1,8 +1,11 @@
 """Simulated users for the offline online loop: they use the running server over HTTP, as people would.
 
-Each user asks a prompt it has not asked before (``POST /v1/chat/completions`` with ``n=2``, the
-side-by-side view), picks the answer it prefers (``{"chosen", "rejected"}``, or a tie when it cannot tell),
-and gives a thumb to the first answer (``{"response", "rating"}``). What it prefers is a hidden rule (a
+Each user asks a prompt, preferring one nobody has asked yet but repeating one as people do once fresh ones
+get hard to find (``FRESH_TRIES`` draws), so a long run never runs out. With ``feedback="mixed"`` (the default)
+it asks for two answers (``POST /v1/chat/completions`` with ``n=2``, the side-by-side view), picks the one it
+prefers (``{"chosen", "rejected"}``, or a tie when it cannot tell, marked ``both_bad`` when neither is good)
+and gives a thumb to the first answer (``{"response", "rating"}``); with ``feedback="thumbs"`` it asks for one
+answer and gives it a thumb only, as most chat users do. What it prefers is a hidden rule (a
 ``gold_score(rule, prompt, response)`` in [0, 1] from the preference task): a user likes an answer when its
 gold score is at least 0.5 and prefers the higher-scoring one; each user goes against that with its own
 probability (``user_noise`` +- ``user_noise_spread``). The population's rule is set from outside
@@ -29,6 +32,8 @@ from pathlib import Path
 import httpx
 
 GoldFn = Callable[[str, str, str], float]  # (rule, prompt, response) -> gold score in [0, 1]
+FEEDBACK_MODES = ("mixed", "thumbs")
+FRESH_TRIES = 50  # draws for a prompt nobody asked before; after that a user repeats one
 
 
 @dataclass
@@ -59,10 +64,17 @@ def judge(gold: tuple[float, float], noise: float, rng: random.Random) -> tuple[
     choice = None if abs(g0 - g1) < 1e-9 else (0 if g0 > g1 else 1)
     if choice is not None and rng.random() < noise:
         choice = 1 - choice
-    thumb = 1 if g0 >= 0.5 else -1
-    if rng.random() < noise:
-        thumb = -thumb
-    return choice, thumb
+    return choice, thumb_of(g0, noise, rng)
+
+
+def thumb_of(gold: float, noise: float, rng: random.Random) -> int:
+    """Up (1) when the gold score is at least 0.5, else down (-1); flipped with probability ``noise``.
+
+    >>> thumb_of(0.5, 0.0, random.Random(0)), thumb_of(0.0, 0.0, random.Random(0))
+    (1, -1)
+    """
+    thumb = 1 if gold >= 0.5 else -1
+    return -thumb if rng.random() < noise else thumb
 
 
 class Journal:
@@ -120,12 +132,16 @@ class Population:
         max_tokens: int = 48,
         seed: int = 0,
         api_key: str | None = None,
+        feedback: str = "mixed",
     ):
+        if feedback not in FEEDBACK_MODES:
+            raise ValueError(f"unknown feedback mode {feedback!r}; valid: {', '.join(FEEDBACK_MODES)}")
+        self.feedback = feedback
         self.url, self.users, self.gold, self.prompts = url.rstrip("/"), users, gold, prompts
         self.rule, self.model, self.max_tokens, self.seed = rule, model, max_tokens, seed
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.journal = Journal(journal)
-        self.stats = {"asks": 0, "pairs": 0, "ties": 0, "thumbs": 0}
+        self.stats = {"asks": 0, "pairs": 0, "ties": 0, "thumbs": 0, "repeats": 0, "timeouts": 0}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -172,42 +188,56 @@ class Population:
             self.errors.append(e)
             self._stop.set()
 
-    def _fresh_prompt(self, rng: random.Random) -> str:
-        for _ in range(1000):
+    def _next_prompt(self, rng: random.Random) -> str:
+        """A prompt nobody asked yet if one turns up in ``FRESH_TRIES`` draws, else the last draw (a repeat)."""
+        for _ in range(FRESH_TRIES):
             prompt = self.prompts(rng)
             with self.journal.lock:
                 if prompt not in self.journal.asked:
                     self.journal.asked.add(prompt)  # reserve it before another user draws it
                     return prompt
-        raise RuntimeError("the prompt generator keeps repeating prompts the users already asked")
+        self.stats["repeats"] += 1
+        return prompt
 
     def _interact(self, client: httpx.Client, user: User, rng: random.Random) -> None:
-        prompt = self._fresh_prompt(rng)
+        prompt = self._next_prompt(rng)
         self.journal.write({"kind": "ask", "user": user.name, "prompt": prompt})
-        body = {"messages": [{"role": "user", "content": prompt}], "n": 2, "temperature": 1.0,
-                "max_tokens": self.max_tokens, "seed": rng.randrange(2**31)}  # fmt: skip
+        n = 2 if self.feedback == "mixed" else 1
+        body = {"messages": [{"role": "user", "content": prompt}], "n": n, "temperature": 1.0,
+                "max_tokens": self.max_tokens}  # fmt: skip
         if self.model:
             body["model"] = self.model
-        r = client.post(f"{self.url}/v1/chat/completions", json=body)
+        try:
+            r = client.post(f"{self.url}/v1/chat/completions", json=body)
+        except httpx.TimeoutException:
+            self.stats["timeouts"] += (
+                1  # a busy server (training beside it): the user gives up and asks again
+            )
+            return
         r.raise_for_status()
         reply = r.json()
         texts = [c["message"]["content"] for c in sorted(reply["choices"], key=lambda c: c["index"])]
         rule = self.rule
-        gold = (self.gold(rule, prompt, texts[0]), self.gold(rule, prompt, texts[1]))
-        choice, thumb = judge(gold, user.noise, rng)
-        refs = [{"completion_id": reply["id"], "choice": i} for i in (0, 1)]
-        if choice is None:
-            side = {"responses": refs, "tie": True, "user": user.name}
+        gold = tuple(self.gold(rule, prompt, t) for t in texts)
+        refs = [{"completion_id": reply["id"], "choice": i} for i in range(n)]
+        if n == 1:
+            choice, thumb = None, thumb_of(gold[0], user.noise, rng)
+            posts = [{"response": refs[0], "rating": thumb, "user": user.name}]
         else:
-            side = {"chosen": refs[choice], "rejected": refs[1 - choice], "user": user.name}
-        rating = {"response": refs[0], "rating": thumb, "user": user.name}
-        for fb in (side, rating):
+            choice, thumb = judge(gold, user.noise, rng)
+            if choice is None:
+                side = {"responses": refs, "tie": True, "both_bad": max(gold) < 0.5, "user": user.name}
+            else:
+                side = {"chosen": refs[choice], "rejected": refs[1 - choice], "user": user.name}
+            posts = [side, {"response": refs[0], "rating": thumb, "user": user.name}]
+        for fb in posts:
             key = uuid.uuid4().hex
             self.journal.write({"kind": "intent", "key": key, "body": fb, "version": reply.get("model"),
                                 "rule": rule})  # fmt: skip
             self._post(client, fb, key, reply.get("model"))
         self.stats["asks"] += 1
-        self.stats["ties" if choice is None else "pairs"] += 1
+        if n == 2:
+            self.stats["ties" if choice is None else "pairs"] += 1
         self.stats["thumbs"] += 1
 
     def _post(self, client: httpx.Client, body: dict, key: str, version: str | None) -> None:

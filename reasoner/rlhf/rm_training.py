@@ -6,7 +6,10 @@ as a list of row dicts:
 - explicit prompt: ``{prompt, chosen, rejected}`` (strings; the RM scores ``prompt + response``);
 - implicit prompt: ``{chosen, rejected}``, each the whole text (e.g. Anthropic/hh-rlhf);
 - conversational: the same with lists of ``{role, content}`` messages, rendered with the tokenizer's chat template;
-- optional ``margin`` (per-pair margin in the loss) and ``weight`` (per-pair loss weight, e.g. recency).
+- optional ``margin`` (per-pair margin in the loss) and ``weight`` (per-pair loss weight, e.g. recency);
+- unpaired (TRL's KTO format): ``{prompt, completion, label}``, one response and whether it was liked (a single
+  thumb, a "both bad" tie). These train a pointwise term beside the pairwise one: ``rm.pointwise_coef`` times
+  ``pointwise_loss`` (-log σ(r) liked, -log σ(-r) disliked), and may be the only rows (thumbs-only feedback).
 
 Field names are configurable (``rm.prompt_field`` ...); every other field is kept as metadata, and
 `reasoner rm eval` reports accuracy per value of the categorical ones. A bad row fails naming the source, the
@@ -33,7 +36,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from reasoner.algo.pairwise import bradley_terry_loss, pairwise_accuracy, response_lm_loss
+from reasoner.algo.pairwise import (
+    bradley_terry_loss,
+    pairwise_accuracy,
+    pointwise_accuracy,
+    pointwise_loss,
+    response_lm_loss,
+)
 from reasoner.config import Config, RMConfig
 from reasoner.data import DataError, load_records
 from reasoner.models import default_device, resolve_model_path
@@ -62,7 +71,54 @@ class Pair:
     prompt: str = ""  # the start of both texts that is the prompt (skipped by the auxiliary LM loss)
 
 
+@dataclass
+class Point:
+    text: str  # the whole text the RM scores (prompt + completion)
+    label: bool  # liked
+    weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
 # ---- data ------------------------------------------------------------------------------------------
+
+
+def is_unpaired(row: Any, rc: RMConfig) -> bool:
+    return isinstance(row, dict) and rc.label_field in row and rc.chosen_field not in row
+
+
+def load_rows(data, tokenizer, rc: RMConfig, split: str = "train") -> tuple[list[Pair], list[Point]]:
+    """Pairs and unpaired rows (``{prompt, completion, label}``) from one source, each checked and rendered."""
+    if isinstance(data, (str, Path)):
+        source, rows = str(data), load_records(str(data), split)
+    else:
+        source, rows = "<rows>", list(data)
+    if not rows:
+        raise DataError(f"{source}: no preference rows")
+    pairs, points = [], []
+    for i, row in enumerate(rows):
+        if is_unpaired(row, rc):
+            points.append(_point(row, i + 1, source, tokenizer, rc))
+        else:
+            pairs.append(_pair(row, i + 1, source, tokenizer, rc))
+    return pairs, points
+
+
+def _point(row: dict, n: int, source: str, tokenizer, rc: RMConfig) -> Point:
+    where = f"{source}: row {n}"
+    label = row[rc.label_field]
+    if not isinstance(label, bool):
+        raise DataError(f"{where}, field {rc.label_field!r}: must be true or false, got {label!r}")
+    if row.get(rc.completion_field) is None:
+        raise DataError(f"{where}: an unpaired row needs {rc.completion_field!r} beside {rc.label_field!r}")
+    prompt = row.get(rc.prompt_field)
+    text = _render(prompt, row[rc.completion_field], tokenizer, f"{where}, field {rc.completion_field!r}",
+                   f"{where}, field {rc.prompt_field!r}")  # fmt: skip
+    weight = row.get(rc.weight_field, 1.0)
+    weight = 1.0 if weight is None else weight
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        raise DataError(f"{where}, field {rc.weight_field!r}: must be a number >= 0, got {weight!r}")
+    skip = {rc.prompt_field, rc.completion_field, rc.label_field, rc.weight_field}
+    return Point(text, label, float(weight), {k: v for k, v in row.items() if k not in skip})
 
 
 def load_pairs(data: str | Sequence[dict], tokenizer, rc: RMConfig, split: str = "train") -> list[Pair]:
@@ -284,15 +340,23 @@ def train_reward_model(
     if lora:  # a LoRA checkpoint holds the adapter (and the head): it goes back onto model_path
         model = load_adapter(model, ckpt / "policy") if ckpt else add_lora(model, cfg.model.lora, "SEQ_CLS")
     tokenizer.padding_side = "right"
-    pairs = load_pairs(data, tokenizer, rc, "train")
-    eval_pairs = load_pairs(eval_data, tokenizer, rc, "test") if eval_data is not None else []
+    pairs, points = load_rows(data, tokenizer, rc, "train")
+    eval_pairs, eval_points = (
+        load_rows(eval_data, tokenizer, rc, "test") if eval_data is not None else ([], [])
+    )
+    if not pairs and not rc.pointwise_coef:
+        raise DataError(
+            "only unpaired rows {prompt, completion, label} and rm.pointwise_coef=0: nothing to train on"
+        )
     chat = any(p.chat for p in pairs)  # conversational rows: RL-time scoring renders with the chat template
 
     lr = rc.lr if rc.lr is not None else default_lr(model, lora)
     lm_coef = rc.lm_coef if rc.lm_coef is not None else default_lm_coef(model)
     weight_decay = rc.weight_decay if rc.weight_decay is not None else default_weight_decay(model)
     steps = (
-        rc.steps if rc.steps is not None else default_steps(model, len(pairs), rc.batch_size * rc.grad_accum)
+        rc.steps
+        if rc.steps is not None
+        else default_steps(model, max(len(pairs), len(points)), rc.batch_size * rc.grad_accum)
     )
     settings = {"lr": lr, "lm_coef": lm_coef, "weight_decay": weight_decay, "steps": steps}
     chosen = {k: v for k, v in settings.items() if getattr(rc, k) is None}
@@ -312,9 +376,11 @@ def train_reward_model(
     log = MetricsLogger(run, cfg.train.tensorboard, resume_step=start if ckpt else None)
 
     def evaluate(step: int) -> dict:
-        if not eval_pairs:
+        if not eval_pairs and not eval_points:
             return {}
-        m = pair_metrics(model, tokenizer, eval_pairs, rc.max_length, cfg.reward_model.batch_size)
+        m = rows_metrics(
+            model, tokenizer, eval_pairs, eval_points, rc.max_length, cfg.reward_model.batch_size
+        )
         log.log(step, {f"eval/{k}": v for k, v in m.items()})
         history["eval"] = m
         return m
@@ -338,19 +404,28 @@ def train_reward_model(
         for step in bar:
             stats = defaultdict(float)
             for k in range(rc.grad_accum):  # micro-batches of one optimizer step
-                micro = batch_for_step(pairs, step * rc.grad_accum + k, rc.batch_size, cfg.train.seed)
-                r_c, r_r, lm = pair_scores(model, tokenizer, micro, rc.max_length, device, lm_head)
-                margin = torch.tensor([p.margin for p in micro], device=device)
-                weight = torch.tensor([p.weight for p in micro], device=device)
-                loss = bradley_terry_loss(r_c, r_r, margin, weight, rc.center_coef) / rc.grad_accum
-                if lm is not None:
-                    stats["bt_loss"] += loss.item()
-                    stats["lm_loss"] += lm.item() / rc.grad_accum
-                    loss = loss + lm_coef * lm / rc.grad_accum
+                loss = torch.zeros((), device=device)
+                if pairs:
+                    micro = batch_for_step(pairs, step * rc.grad_accum + k, rc.batch_size, cfg.train.seed)
+                    r_c, r_r, lm = pair_scores(model, tokenizer, micro, rc.max_length, device, lm_head)
+                    margin = torch.tensor([p.margin for p in micro], device=device)
+                    weight = torch.tensor([p.weight for p in micro], device=device)
+                    loss = bradley_terry_loss(r_c, r_r, margin, weight, rc.center_coef) / rc.grad_accum
+                    if lm is not None:
+                        stats["bt_loss"] += loss.item()
+                        stats["lm_loss"] += lm.item() / rc.grad_accum
+                        loss = loss + lm_coef * lm / rc.grad_accum
+                    stats["accuracy"] += pairwise_accuracy(r_c, r_r).mean().item() / rc.grad_accum
+                    stats["margin"] += (r_c - r_r).mean().item() / rc.grad_accum
+                if points and rc.pointwise_coef:
+                    mp = batch_for_step(points, step * rc.grad_accum + k, rc.batch_size, cfg.train.seed + 1)
+                    r, label, w = point_scores(model, tokenizer, mp, rc.max_length, device)
+                    point = pointwise_loss(r, label, w) / rc.grad_accum
+                    stats["point_loss"] += point.item()
+                    stats["point_accuracy"] += pointwise_accuracy(r, label).mean().item() / rc.grad_accum
+                    loss = loss + rc.pointwise_coef * point
                 loss.backward()
                 stats["loss"] += loss.item()
-                stats["accuracy"] += pairwise_accuracy(r_c, r_r).mean().item() / rc.grad_accum
-                stats["margin"] += (r_c - r_r).mean().item() / rc.grad_accum
             stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), rc.max_grad_norm).item()
             optimizer.step()
             scheduler.step()
@@ -380,6 +455,9 @@ def train_reward_model(
     # Reward mean/std over training responses, saved beside the model for normalisation at RL time.
     sample = random.Random(cfg.train.seed).sample(pairs, min(len(pairs), max(1, rc.stats_samples // 2)))
     texts = [p.chosen for p in sample] + [p.rejected for p in sample]
+    texts += [
+        p.text for p in random.Random(cfg.train.seed).sample(points, min(len(points), rc.stats_samples))
+    ]
     train_scores = score_texts(model, tokenizer, texts, cfg.reward_model.batch_size, rc.max_length)
     stats = {"mean": train_scores.mean().item(), "std": train_scores.std(unbiased=False).item(), "chat": chat,
              "max_length": rc.max_length, "samples": len(texts)}  # fmt: skip
@@ -395,9 +473,10 @@ def train_reward_model(
     )
     result = {
         "accuracy": round(final_eval["accuracy"], 4) if final_eval else None,
-        "margin": round(final_eval["margin"], 4) if final_eval else None,
-        "model": str(final), **settings, "pairs": len(pairs),
-        "eval_pairs": len(eval_pairs),
+        "margin": round(final_eval["margin"], 4) if "margin" in final_eval else None,
+        "point_accuracy": round(final_eval["point_accuracy"], 4) if "point_accuracy" in final_eval else None,
+        "model": str(final), **settings, "pairs": len(pairs), "points": len(points),
+        "eval_pairs": len(eval_pairs), "eval_points": len(eval_points),
         "reward_mean": round(stats["mean"], 4), "reward_std": round(stats["std"], 4),
         "wall_s": round(time.time() - t_start, 1), "output_dir": str(run),
     }  # fmt: skip
@@ -405,6 +484,31 @@ def train_reward_model(
         result["adapter"] = str(run / ADAPTER_DIR)
     write_json_atomic(run / "result.json", result)
     return result
+
+
+def point_scores(
+    model, tokenizer, points: list[Point], max_length: int, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scores [B] with gradients, labels [B], weights [B]) of unpaired rows: one forward over their texts."""
+    enc = encode_texts(tokenizer, [p.text for p in points], max_length, device)
+    r = model(**enc).logits[:, 0].float()  # [B]
+    label = torch.tensor([float(p.label) for p in points], device=device)
+    weight = torch.tensor([p.weight for p in points], device=device)
+    return r, label, weight
+
+
+def rows_metrics(
+    model, tokenizer, pairs: list[Pair], points: list[Point], max_length: int, batch_size: int = 64
+) -> dict[str, float]:
+    """``pair_metrics`` of the pairs and ``point_accuracy`` of the unpaired rows; ``accuracy`` is the pairwise
+    one when there are pairs, else the pointwise one (the RM's ranking of liked above disliked at 0)."""
+    m = pair_metrics(model, tokenizer, pairs, max_length, batch_size) if pairs else {}
+    if points:
+        r = score_texts(model, tokenizer, [p.text for p in points], batch_size, max_length)
+        label = torch.tensor([float(p.label) for p in points])
+        m["point_accuracy"] = pointwise_accuracy(r.cpu(), label).mean().item()
+        m.setdefault("accuracy", m["point_accuracy"])
+    return m
 
 
 def pair_metrics(
@@ -433,7 +537,11 @@ def evaluate_reward_model(model_dir: str, data, cfg: Config | None = None) -> di
     model, tokenizer = load_rm(str(model_dir), default_device())
     stats_file = Path(model_dir) / STATS_FILE
     max_length = json.loads(stats_file.read_text()).get("max_length", 512) if stats_file.is_file() else 512
-    pairs = load_pairs(data, tokenizer, cfg.rm, "test")
+    pairs, points = load_rows(data, tokenizer, cfg.rm, "test")
+    if not pairs:  # unpaired rows only (thumbs): the pointwise accuracy
+        m = rows_metrics(model, tokenizer, [], points, max_length, cfg.reward_model.batch_size)
+        return {"accuracy": round(m["accuracy"], 4), "point_accuracy": round(m["point_accuracy"], 4),
+                "pairs": 0, "points": len(points), "model": str(model_dir)}  # fmt: skip
     r_c, r_r = _score_pairs(model, tokenizer, pairs, max_length, cfg.reward_model.batch_size)
     acc = pairwise_accuracy(r_c, r_r)
     margins = r_c - r_r

@@ -2,7 +2,7 @@
 
 - ``/health``; ``/v1/models``, ``/v1/chat/completions``, ``/v1/completions`` (OpenAI-compatible)
 - ``/v1/feedback``, ``/v1/stats``
-- ``/admin/deploy`` (hot swap, needs ``serve.admin_key``)
+- ``/admin/deploy`` (hot swap), ``/admin/rollback`` and ``/admin/canary`` (need ``serve.admin_key``)
 - ``/`` and ``/static/*``: the web page
 """
 
@@ -318,6 +318,17 @@ admin_router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin_ke
 def deploy(req: bodies.DeployRequest, svc: Service):
     previous = svc.policy.name
     return bodies.DeployResponse(version=svc.deploy(req.path, req.version), previous=previous)
+
+
+@admin_router.post("/rollback", response_model=bodies.DeployResponse)
+def rollback(req: bodies.RollbackRequest, svc: Service):
+    """End a version's canary, or give the deployed version's place back to its parent (recorded by hand)."""
+    return bodies.DeployResponse(**svc.rollback(req.version))
+
+
+@admin_router.get("/canary")
+def canary(svc: Service) -> dict:
+    return svc.canary_status()
 
 
 # --- health and the page --------------------------------------------------------------------------------------

@@ -393,6 +393,10 @@ class DeployRequest(_Strict):
     version: Short | None = None  # None = the next vN
 
 
+class RollbackRequest(_Strict):
+    version: Short  # a version in its canary, or the deployed one (its parent is served again)
+
+
 class DeployResponse(BaseModel):
     version: str
     previous: str | None

@@ -13,6 +13,11 @@ Ties give no pair (the reward model's data has none) but count as half a win eac
 A pair carries ``chosen_logprobs`` / ``rejected_logprobs`` (``{"token_ids", "logprobs"}``: the sampled tokens
 and the behaviour policy's log-probs of them, at the sampling temperature in the response's ``sampling``) when
 the store holds them for that response (the server stores them for every completion since schema v2).
+Each pair keeps the ``reason`` and ``comment`` people gave with it (for thumbs: those of its two ratings).
+
+``pointwise_rows`` turns single judgements into the RM's unpaired format (TRL's ``{prompt, completion, label}``):
+every rated response (label: the sign of the sum of its ratings) and both responses of a ``both_bad`` tie (label
+False). A thumb with no opposite thumb on its prompt forms no pair, so without these rows it teaches nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +35,15 @@ def _iso(t: float) -> str:
 
 
 def _pair(
-    prompt: str, chosen: dict, rejected: dict, source: str, created_at: float, user, feedback_id
+    prompt: str,
+    chosen: dict,
+    rejected: dict,
+    source: str,
+    created_at: float,
+    user,
+    feedback_id,
+    reason: str | None = None,
+    comment: str | None = None,
 ) -> dict:
     behaviour = {
         f"{side}_logprobs": {**r["logprobs"], "temperature": r.get("sampling", {}).get("temperature")}
@@ -49,9 +62,16 @@ def _pair(
         "rejected_ref": {"completion_id": rejected["completion_id"], "choice": rejected["choice"]},
         "user": user,
         "feedback_id": feedback_id,
+        "reason": reason,
+        "comment": comment,
         "created_at": _iso(created_at),
         **behaviour,
     }
+
+
+def _joined(values) -> str | None:
+    kept = [v for v in dict.fromkeys(values) if v]
+    return " | ".join(kept) if kept else None
 
 
 def preference_pairs(rows: list[dict], versions: Iterable[str] | None = None) -> list[dict]:
@@ -71,8 +91,9 @@ def preference_pairs(rows: list[dict], versions: Iterable[str] | None = None) ->
         resp = fb["responses"]
         if fb["kind"] == "choice":
             pairs.append(
-                _pair(resp[0]["prompt"], resp[0], resp[1], "choice", fb["created_at"], fb["user"], fb["id"])
-            )
+                _pair(resp[0]["prompt"], resp[0], resp[1], "choice", fb["created_at"], fb["user"], fb["id"],
+                      fb.get("reason"), fb.get("comment"))
+            )  # fmt: skip
         elif fb["kind"] == "ranking":
             for i in range(len(resp)):
                 for j in range(i + 1, len(resp)):
@@ -85,14 +106,19 @@ def preference_pairs(rows: list[dict], versions: Iterable[str] | None = None) ->
                             fb["created_at"],
                             fb["user"],
                             fb["id"],
+                            fb.get("reason"),
+                            fb.get("comment"),
                         )
                     )
         elif fb["kind"] == "rating":
             r = resp[0]
             entry = ratings[r["prompt"]].setdefault(
-                (r["completion_id"], r["choice"]), {"response": r, "score": 0, "at": 0.0, "users": set()}
+                (r["completion_id"], r["choice"]),
+                {"response": r, "score": 0, "at": 0.0, "users": set(), "reasons": [], "comments": []},
             )
             entry["score"] += fb["rating"]
+            entry["reasons"].append(fb.get("reason"))
+            entry["comments"].append(fb.get("comment"))
             entry["at"] = max(entry["at"], fb["created_at"])
             entry["users"].add(fb["user"])
     for prompt, by_ref in ratings.items():
@@ -111,11 +137,68 @@ def preference_pairs(rows: list[dict], versions: Iterable[str] | None = None) ->
                         max(up["at"], down["at"]),
                         user,
                         None,
+                        _joined(up["reasons"] + down["reasons"]),
+                        _joined(up["comments"] + down["comments"]),
                     )
                 )
     if keep is not None:
         pairs = [p for p in pairs if p["chosen_version"] in keep and p["rejected_version"] in keep]
     return pairs
+
+
+def pointwise_rows(rows: list[dict], versions: Iterable[str] | None = None) -> list[dict]:
+    """Single judgements ``{prompt, completion, label, ...metadata}``: each rated response once (label True when
+    its ratings sum above 0, False below, none at 0) and both responses of a ``both_bad`` tie (False).
+
+    >>> r = lambda cid, text: {"completion_id": cid, "choice": 0, "prompt": "p", "text": text, "version": "v0"}
+    >>> rows = [{"id": "f1", "kind": "rating", "rating": -1, "created_at": 0.0, "user": "u", "reason": "rude",
+    ...          "responses": [r("a", "A")]},
+    ...         {"id": "f2", "kind": "tie", "both_bad": True, "created_at": 1.0, "user": "u",
+    ...          "responses": [r("b", "B"), r("c", "C")]}]
+    >>> [(x["completion"], x["label"], x["source"], x["reason"]) for x in pointwise_rows(rows)]
+    [('A', False, 'thumbs', 'rude'), ('B', False, 'both_bad', None), ('C', False, 'both_bad', None)]
+    """
+    keep = None if versions is None else set(versions)
+    rated: dict[tuple[str, int], dict] = {}
+    out: list[dict] = []
+    for fb in rows:
+        if fb["kind"] == "rating":
+            r = fb["responses"][0]
+            e = rated.setdefault((r["completion_id"], r["choice"]), {"response": r, "fb": fb, "score": 0,
+                                                                     "reasons": [], "comments": []})  # fmt: skip
+            e["score"] += fb["rating"]
+            e["reasons"].append(fb.get("reason"))
+            e["comments"].append(fb.get("comment"))
+            e["at"] = fb["created_at"]
+        elif fb["kind"] == "tie" and fb.get("both_bad"):
+            for r in fb["responses"]:
+                out.append(
+                    _point(r, False, "both_bad", fb["created_at"], fb, fb.get("reason"), fb.get("comment"))
+                )
+    for e in rated.values():
+        if e["score"]:
+            out.append(_point(e["response"], e["score"] > 0, "thumbs", e["at"], e["fb"],
+                              _joined(e["reasons"]), _joined(e["comments"])))  # fmt: skip
+    out.sort(key=lambda x: x["created_at"])
+    if keep is not None:
+        out = [x for x in out if x["version"] in keep]
+    return out
+
+
+def _point(resp: dict, label: bool, source: str, created_at: float, fb: dict, reason, comment) -> dict:
+    return {
+        "prompt": resp["prompt"],
+        "completion": resp["text"],
+        "label": label,
+        "source": source,
+        "version": resp["version"],
+        "ref": {"completion_id": resp["completion_id"], "choice": resp["choice"]},
+        "user": fb.get("user"),
+        "feedback_id": fb["id"],
+        "reason": reason,
+        "comment": comment,
+        "created_at": _iso(created_at),
+    }
 
 
 def bradley_terry(

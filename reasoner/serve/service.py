@@ -9,6 +9,7 @@ import asyncio
 import copy
 import hashlib
 import json
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -108,6 +109,12 @@ class ServeService:
         self.cfg, self.store, self.policy = cfg, store, policy
         self.batcher = Batcher(lambda: self.policy, cfg.batch_window_ms / 1000.0, cfg.max_batch)
         self._deploy_lock = threading.Lock()
+        # The canary: a candidate version that answers ``canary_frac`` of the requests to the stable name
+        # (its own batcher: one decoding batch holds one model). Set and ended by the online loop.
+        self.canary: Policy | None = None
+        self.canary_frac = 0.0
+        self._canary_batcher: Batcher | None = None
+        self._route = random.Random()
 
     @classmethod
     def from_config(cls, cfg: ServeConfig, model_path: str | None = None) -> ServeService:
@@ -157,6 +164,87 @@ class ServeService:
             self.store.set_deployed(name)
             self.policy = policy  # one reference swap: the next batch uses it
         return name
+
+    # --- canary -------------------------------------------------------------------------------------------
+    def start_canary(self, path: str, version: str, frac: float, meta: dict | None = None) -> str:
+        """Serve ``path`` as ``version`` on ``frac`` of the requests beside the deployed version (recorded in the
+        store, not deployed; its parent is the deployed version). Idempotent for the same version."""
+        if not 0.0 < frac < 1.0:
+            raise ServiceError(422, f"frac must be in (0, 1); got {frac}", "frac")
+        path = resolve_path(path)
+        with self._deploy_lock:
+            if self.canary is not None and self.canary.name == version:
+                self.canary_frac = frac
+                return version
+            if version == self.policy.name:
+                raise ServiceError(409, f"version {version!r} is the deployed one", "version")
+            try:
+                policy = load_policy_version(version, path, self.cfg.dtype, self.cfg.max_batch)
+            except (OSError, ValueError) as e:
+                raise ServiceError(400, f"cannot load a policy from path {path!r}: {e}", "path") from e
+            self.store.record_version(
+                version, path, parent=self.policy.name, meta=meta or {"source": "canary"}
+            )
+            self._canary_batcher = Batcher(
+                lambda: policy, self.cfg.batch_window_ms / 1000.0, self.cfg.max_batch
+            )
+            self.canary, self.canary_frac = policy, frac
+        return version
+
+    def end_canary(self, promote: bool) -> str | None:
+        """Stop the canary; with ``promote`` it becomes the deployed version. Returns the canary's name (None: no
+        canary was running)."""
+        with self._deploy_lock:
+            canary, self.canary, self.canary_frac = self.canary, None, 0.0
+            if canary is None:
+                return None
+            if promote:
+                self.store.set_deployed(canary.name)
+                self.policy = canary
+        return canary.name
+
+    def rollback_to(self, version: str) -> str:
+        """Serve ``version`` (already in the store) as the deployed one again, e.g. a rolled-back version's parent."""
+        v = self.store.version(version)
+        with self._deploy_lock:
+            if self.policy.name != version:
+                policy = load_policy_version(version, v["path"], self.cfg.dtype, self.cfg.max_batch)
+                self.store.set_deployed(version)
+                self.policy = policy
+        return version
+
+    def rollback(self, version: str) -> dict:
+        """By hand (``POST /admin/rollback``): end ``version``'s canary, or serve the deployed ``version``'s parent
+        again; recorded as a decision ``by: hand`` with both versions' thumbs so far."""
+        canary = self.canary.name if self.canary is not None else None
+        if version == canary:
+            against = self.policy.name
+            self.end_canary(promote=False)
+        elif version == self.policy.name:
+            against = self.store.version(version)["parent"]
+            if against is None:
+                raise ServiceError(409, f"{version} has no parent to roll back to", "version")
+            self.rollback_to(against)
+        else:
+            raise ServiceError(409, f"{version} is neither deployed nor in a canary", "version")
+        thumbs = self.store.thumbs()
+        (up_c, n_c), (up_d, n_d) = thumbs.get(version, (0, 0)), thumbs.get(against, (0, 0))
+        live = {"up": [up_c, up_d], "thumbs": [n_c, n_d]}
+        self.store.record_decision(
+            f"hand/{version}/{time.time():.3f}", version, "rolled_back", against=against, by="hand", live=live
+        )
+        return {"version": self.policy.name, "previous": version}
+
+    def _batcher_for_request(self) -> Batcher:
+        """The canary's batcher for ``canary_frac`` of the requests, else the deployed version's."""
+        from reasoner.online.canary import route_to_candidate
+
+        if self.canary is None or not route_to_candidate(self._route.random(), self.canary_frac):
+            return self.batcher
+        batcher = self._canary_batcher
+        if batcher.queue is None:  # started on the event loop, at its first request
+            batcher.start()
+        return batcher
 
     # --- generation ---------------------------------------------------------------------------------------
     def check_model(self, requested: str | None) -> None:
@@ -219,12 +307,12 @@ class ServeService:
         self, prompts: list[str], params: SamplingParams, stop: list[str], param: str
     ) -> Generated:
         self._check_length(prompts, params, param)
-        return await self.batcher.generate(prompts, params, stop)
+        return await self._batcher_for_request().generate(prompts, params, stop)
 
     async def stream(self, prompt: str, params: SamplingParams, stop: list[str], param: str) -> TokenStream:
         """The request's ``TokenStream``; its ``prompt_tokens`` is the prompt's token count."""
         (count,) = self._check_length([prompt], params, param)
-        stream = await self.batcher.stream(prompt, params, stop)
+        stream = await self._batcher_for_request().stream(prompt, params, stop)
         stream.prompt_tokens = count
         return stream
 
@@ -307,6 +395,14 @@ class ServeService:
 
     def stats(self) -> dict:
         return {**self.store.stats(), "deployed": self.policy.name}
+
+    def canary_status(self) -> dict:
+        c = self.canary
+        return {
+            "deployed": self.policy.name,
+            "canary": c.name if c else None,
+            "frac": self.canary_frac if c else 0.0,
+        }
 
 
 def _next_version(store: FeedbackStore) -> str:

@@ -39,6 +39,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from reasoner.serve.live import LiveRecords
 from reasoner.serve.tables import (
     FEEDBACK_KINDS,
     MIGRATIONS,
@@ -92,7 +93,7 @@ def normalize_url(url: str) -> str:
     return url if "://" in url else f"sqlite:///{url}"
 
 
-class FeedbackStore:
+class FeedbackStore(LiveRecords):
     def __init__(self, url: str, sqlite_synchronous: str = "FULL"):
         self.url = normalize_url(url)
         u = sa.engine.make_url(self.url)
@@ -400,6 +401,15 @@ class FeedbackStore:
         from reasoner.serve.pairs import preference_pairs
 
         return preference_pairs(self.feedback(since, until), versions=versions)
+
+    def export_points(
+        self, since: float | None = None, until: float | None = None, versions: Iterable[str] | None = None
+    ) -> list[dict]:
+        """Single judgements ``{prompt, completion, label, ...metadata}`` (thumbs, "both bad"): the RM's unpaired
+        rows (``reasoner.serve.pairs.pointwise_rows``)."""
+        from reasoner.serve.pairs import pointwise_rows
+
+        return pointwise_rows(self.feedback(since, until), versions=versions)
 
     def stats(self) -> dict:
         """Per-version thumbs-up rate, win rate and a Bradley–Terry rating (see reasoner.serve.pairs)."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import sqlalchemy as sa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FEEDBACK_KINDS = ("rating", "choice", "tie", "ranking")
 
 metadata = sa.MetaData()
@@ -77,6 +77,24 @@ state_t = sa.Table(
     sa.Column("value", sa.Text, nullable=False),  # JSON
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+decisions_t = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column(
+        "key", sa.String(256), primary_key=True
+    ),  # e.g. "round/3": a rerun after a kill records it once
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("version", sa.String(64), nullable=False),  # the version decided on (the candidate)
+    sa.Column("against", sa.String(64)),  # the version it was compared with (the deployed one)
+    sa.Column("decision", sa.String(16), nullable=False),  # promoted | rolled_back | refused
+    sa.Column("by", sa.String(16), nullable=False),  # loop | hand
+    sa.Column("up", sa.Integer),  # the candidate's thumbs up ...
+    sa.Column("thumbs", sa.Integer),  # ... of its thumbs
+    sa.Column("against_up", sa.Integer),
+    sa.Column("against_thumbs", sa.Integer),
+    sa.Column("p_value", sa.Float),
+    sa.Column("meta", sa.Text, nullable=False),  # JSON
+)
 
 
 def _create_v1(conn: sa.Connection) -> None:
@@ -92,7 +110,12 @@ def _choice_logprobs_v2(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE choices ADD COLUMN logprobs TEXT"))
 
 
+def _add_decisions_v3(conn: sa.Connection) -> None:
+    decisions_t.create(conn)
+
+
 MIGRATIONS: list[Callable[[sa.Connection], None]] = [
     _create_v1,
     _choice_logprobs_v2,
+    _add_decisions_v3,
 ]  # [i]: schema i -> i + 1
