@@ -11,8 +11,7 @@ one looks up every response it refers to, one ``executemany`` per table inserts 
 about a quarter of what four statements of its own did). A write that fails its own checks (an unknown ref, say)
 fails alone: every check runs before the run's first insert.
 
-The schema and its migrations are in ``reasoner.serve.tables``: a store opened on an older database runs each
-``MIGRATIONS[i]`` (version ``i`` to ``i + 1``) once, in its own transaction.
+The schema and its migrations: ``reasoner.serve.tables`` (an older database runs each missing one once).
 
 >>> store = FeedbackStore("sqlite://")
 >>> cid = store.record_completion(prompt="user: hi\\nassistant:", texts=["hello"], version="v0")
